@@ -1,0 +1,55 @@
+//! The `ember` command line: one file per subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod data;
+mod eval;
+mod generate;
+mod tokenizer;
+mod train;
+mod util;
+
+/// Ember: distil big open-weight teachers into small, fast dense students.
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch corpora and prepare packed token datasets.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Train or inspect tokenizers.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
+    /// Train a student with cross-entropy on a prepared dataset.
+    Train(train::TrainArgs),
+    /// Validation loss and perplexity of a student on a prepared dataset, written as JSON.
+    Eval(eval::EvalArgs),
+    /// Sample text from a student.
+    Generate(generate::GenerateArgs),
+}
+
+/// Entry point of the `ember` binary: runs the command, prints the error chain on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(cmd) => data::run(cmd),
+        Command::Tokenizer(cmd) => tokenizer::run(cmd),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,59 @@
+use std::path::PathBuf;
+
+use clap::Args;
+use ember_train::{load_config, train};
+
+use crate::util::device;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training recipe (TOML). See configs/.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override any recipe key, e.g. --set train.max_steps=200 --set model.preset=small.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Prepared dataset directory (overrides data.dataset).
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Output directory (overrides train.out_dir). A run found there is resumed.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Optimizer steps (overrides train.max_steps).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Compute backend.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let mut overrides = a.overrides;
+    if let Some(d) = a.dataset {
+        overrides.push(format!("data.dataset={}", toml_str(&d)));
+    }
+    if let Some(o) = a.out {
+        overrides.push(format!("train.out_dir={}", toml_str(&o)));
+    }
+    if let Some(s) = a.max_steps {
+        overrides.push(format!("train.max_steps={s}"));
+    }
+    let cfg = load_config(a.config.as_deref(), &overrides)?;
+    let summary = train(&cfg, &device(&a.backend)?)?;
+    println!(
+        "trained {} params for {} steps ({} tokens) at {:.0} tokens/s; validation loss {:.4}, perplexity {:.2} (unigram baseline {:.2}); model in {}",
+        summary.num_params,
+        summary.steps,
+        summary.tokens,
+        summary.tokens_per_second,
+        summary.validation.loss,
+        summary.validation.perplexity,
+        summary.unigram_validation_perplexity,
+        summary.model_dir.display()
+    );
+    Ok(())
+}
+
+fn toml_str(p: &std::path::Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}

@@ -1,0 +1,40 @@
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use burn::prelude::*;
+use ember_data::{DatasetManifest, load_tokenizer, tokenizer_hash};
+
+/// The compute device. Only the CPU (Burn flex) backend is built in so far.
+pub fn device(backend: &str) -> anyhow::Result<Device> {
+    match backend {
+        "cpu" => Ok(Device::flex()),
+        other => bail!("backend {other:?} is not available in this build; use --backend cpu"),
+    }
+}
+
+/// Refuse to pair a model with a dataset tokenized by another tokenizer.
+pub fn check_same_tokenizer(model_dir: &Path, dataset_dir: &Path) -> anyhow::Result<()> {
+    let manifest = DatasetManifest::load(dataset_dir)?;
+    let tok_path = model_dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Ok(());
+    }
+    let info = tokenizer_hash(&load_tokenizer(&tok_path)?, &tok_path)?;
+    if info.sha256 != manifest.tokenizer_sha256 {
+        bail!(
+            "{} was trained with another tokenizer than dataset {} (sha256 {} vs {}); prepare the data with the model's tokenizer.json",
+            model_dir.display(),
+            dataset_dir.display(),
+            &info.sha256[..12],
+            &manifest.tokenizer_sha256[..12]
+        );
+    }
+    Ok(())
+}
+
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,153 @@
+//! Reading prepared token datasets back.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, FixedSizeListArray, Int32Array};
+use arrow::datatypes::DataType;
+use arrow::ipc::reader::FileReader;
+use serde::{Deserialize, Serialize};
+
+use crate::{DataError, DatasetManifest};
+
+/// A split of a prepared dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train = 0,
+    Validation = 1,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+        }
+    }
+}
+
+/// All rows of one split, held as one flat `Vec<i32>` (4 bytes per token).
+#[derive(Debug, Clone)]
+pub struct TokenDataset {
+    pub dir: PathBuf,
+    pub manifest: DatasetManifest,
+    pub split: Split,
+    tokens: Vec<i32>,
+}
+
+impl TokenDataset {
+    /// Open one split of the prepared dataset at `dir`, checking every shard's schema,
+    /// row length and token range against the manifest.
+    pub fn open(dir: &Path, split: Split) -> Result<Self, DataError> {
+        let manifest = DatasetManifest::load(dir)?;
+        let shards = manifest
+            .splits
+            .get(split.name())
+            .cloned()
+            .unwrap_or_default();
+        let mut tokens = Vec::with_capacity(manifest.rows(split) * manifest.seq_len);
+        for shard in &shards {
+            let path = dir.join(&shard.file);
+            let (rows, seq_len) = read_token_shard(&path)?;
+            let format = |message: String| DataError::Format {
+                path: path.clone(),
+                message,
+            };
+            if seq_len != manifest.seq_len {
+                return Err(format(format!(
+                    "rows have {seq_len} tokens, manifest says seq_len {}",
+                    manifest.seq_len
+                )));
+            }
+            if rows.len() != shard.rows * seq_len {
+                return Err(format(format!(
+                    "{} rows, manifest says {}",
+                    rows.len() / seq_len,
+                    shard.rows
+                )));
+            }
+            if let Some(bad) = rows
+                .iter()
+                .find(|&&t| t < 0 || t as usize >= manifest.vocab_size)
+            {
+                return Err(format(format!(
+                    "token id {bad} outside the vocabulary of {}",
+                    manifest.vocab_size
+                )));
+            }
+            tokens.extend(rows);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            split,
+            tokens,
+        })
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.manifest.seq_len
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len() / self.seq_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Row `i` as token ids.
+    pub fn row(&self, i: usize) -> &[i32] {
+        let t = self.seq_len();
+        &self.tokens[i * t..(i + 1) * t]
+    }
+}
+
+/// Read one token shard: (flattened rows, seq_len).
+pub fn read_token_shard(path: &Path) -> Result<(Vec<i32>, usize), DataError> {
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let arrow_err = |source| DataError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format = |message: String| DataError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader = FileReader::try_new(file, None).map_err(arrow_err)?;
+    let schema = reader.schema();
+    let field = schema
+        .field_with_name("input_ids")
+        .map_err(|_| format("no column input_ids".into()))?;
+    let seq_len = match field.data_type() {
+        DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Int32 => *n as usize,
+        other => {
+            return Err(format(format!(
+                "input_ids has type {other}, expected FixedSizeList<Int32>"
+            )));
+        }
+    };
+    let col = schema.index_of("input_ids").expect("checked above");
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(arrow_err)?;
+        let list = batch
+            .column(col)
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| format("input_ids is not a FixedSizeList".into()))?;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| format("values not Int32".into()))?;
+        let start = list.offset() * seq_len;
+        out.extend_from_slice(&values.values()[start..start + list.len() * seq_len]);
+    }
+    Ok((out, seq_len))
+}

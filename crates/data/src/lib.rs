@@ -1,0 +1,46 @@
+//! Ember's data layer: real corpora, tokenizers and packed token datasets.
+//!
+//! A *prepared dataset* is a directory holding `dataset.json` (the manifest),
+//! a copy of the `tokenizer.json` it was made with, and Arrow IPC shards
+//! `train-NNNNN.arrow` / `validation-NNNNN.arrow`. Each shard row is one
+//! fixed-length sequence of token ids (`input_ids: FixedSizeList<Int32, seq_len>`).
+//! Teachers record against these rows; students train on them.
+
+mod dataset;
+mod error;
+mod prepare;
+mod tokenizer;
+
+pub use dataset::{Split, TokenDataset, read_token_shard};
+pub use error::DataError;
+pub use prepare::{
+    DatasetManifest, PrepareConfig, PrepareReport, ShardInfo, UnigramBaseline, prepare,
+};
+pub use tokenizer::{
+    TokenizerInfo, TrainTokenizerConfig, load_tokenizer, tokenizer_hash, train_tokenizer,
+};
+
+/// Version of the token-shard format written by [`prepare`].
+pub const TOKENS_FORMAT_VERSION: u32 = 1;
+
+/// Write `bytes` to `path` atomically: a temporary file in the same directory,
+/// fsync, then rename, so a crash never leaves a half-written file behind.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), DataError> {
+    use std::io::Write;
+    let tmp = tmp_path(path);
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// The temporary sibling used while `path` is being written.
+pub fn tmp_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}

@@ -1,0 +1,303 @@
+//! HF-layout persistence: `config.json` + `model.safetensors` (+ `generation_config.json`).
+//!
+//! Burn parameter paths already equal HF keys (`model.layers.0.mlp.up_proj.weight`)
+//! except that RMSNorm's `gamma` is HF's `weight` and Burn's `Linear` stores `[in, out]`
+//! where PyTorch stores `[out, in]`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::{Student, StudentConfig, StudentError};
+
+/// Float format of saved weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl SaveDtype {
+    fn torch_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::Bf16 => "bfloat16",
+        }
+    }
+}
+
+/// Tracks the HF key of the parameter being visited and whether it sits in a `Linear`.
+#[derive(Default)]
+struct KeyPath {
+    parts: Vec<String>,
+    containers: Vec<String>,
+}
+
+impl KeyPath {
+    fn enter(&mut self, name: &str, container: &str) {
+        self.parts.push(name.to_string());
+        self.containers.push(container.to_string());
+    }
+    fn exit(&mut self) {
+        self.parts.pop();
+        self.containers.pop();
+    }
+    /// (HF key, stored transposed?)
+    fn key(&self) -> (String, bool) {
+        let mut parts = self.parts.clone();
+        if parts.last().is_some_and(|p| p == "gamma") {
+            *parts.last_mut().expect("non-empty") = "weight".into();
+        }
+        let in_linear = self.containers.last().is_some_and(|c| c == "Struct:Linear");
+        (parts.join("."), in_linear)
+    }
+}
+
+struct Collect {
+    path: KeyPath,
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+    dtype: SaveDtype,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (key, transposed) = self.path.key();
+        let mut t = param.val();
+        if transposed {
+            t = t.transpose();
+        }
+        let shape = t.dims().to_vec();
+        let values: Vec<f32> = t
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("float tensor converts to f32");
+        let bytes = match self.dtype {
+            SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            SaveDtype::Bf16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        self.tensors.push((key, shape, bytes));
+    }
+}
+
+/// Write `dir/config.json`, `dir/model.safetensors` and `dir/generation_config.json`.
+/// Each file is written to a temporary name and renamed into place.
+pub fn save_hf(
+    model: &Student,
+    config: &StudentConfig,
+    dir: &Path,
+    dtype: SaveDtype,
+) -> Result<(), StudentError> {
+    let io = |path: PathBuf| move |source| StudentError::Io { path, source };
+    std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+    let mut collect = Collect {
+        path: KeyPath::default(),
+        tensors: Vec::new(),
+        dtype,
+    };
+    model.visit(&mut collect);
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::Bf16 => Dtype::BF16,
+    };
+    let views: Vec<(String, TensorView<'_>)> = collect
+        .tensors
+        .iter()
+        .map(|(k, shape, bytes)| {
+            (
+                k.clone(),
+                TensorView::new(st_dtype, shape.clone(), bytes).expect("consistent view"),
+            )
+        })
+        .collect();
+    let weights = dir.join("model.safetensors");
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| StudentError::Safetensors {
+            path: weights.clone(),
+            message: e.to_string(),
+        })?;
+    write_atomic(&weights, &bytes)?;
+    let hf =
+        serde_json::to_string_pretty(&config.to_hf(dtype.torch_name())).expect("config serializes");
+    write_atomic(&dir.join("config.json"), hf.as_bytes())?;
+    let gen_cfg = serde_json::json!({
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "do_sample": true,
+        "temperature": 0.8,
+        "top_k": 50,
+        "top_p": 0.95,
+    });
+    write_atomic(
+        &dir.join("generation_config.json"),
+        gen_cfg.to_string().as_bytes(),
+    )
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StudentError> {
+    use std::io::Write;
+    let io = |source| StudentError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Replaces every parameter with the tensor of the same HF key, recording problems.
+struct Load<'a> {
+    path: KeyPath,
+    file: &'a Path,
+    st: &'a SafeTensors<'a>,
+    used: BTreeSet<String>,
+    error: Option<StudentError>,
+}
+
+impl ModuleMapper for Load<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let (key, transposed) = self.path.key();
+        let mut expected = param.lazy_shape().dims::<D>().to_vec();
+        if transposed {
+            expected.reverse();
+        }
+        match read_f32(self.file, self.st, &key, &expected) {
+            Ok(values) => {
+                self.used.insert(key);
+                let device = param.lazy_device();
+                let mut t = Tensor::<D>::from_data(TensorData::new(values, expected), &device);
+                if transposed {
+                    t = t.transpose();
+                }
+                let id = param.id;
+                param.transform_for_load(t, id)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+/// Read tensor `key` as f32, checking its shape.
+fn read_f32(
+    file: &Path,
+    st: &SafeTensors<'_>,
+    key: &str,
+    expected: &[usize],
+) -> Result<Vec<f32>, StudentError> {
+    let view = st.tensor(key).map_err(|_| StudentError::MissingTensor {
+        path: file.to_path_buf(),
+        key: key.to_string(),
+        expected: expected.to_vec(),
+    })?;
+    if view.shape() != expected {
+        return Err(StudentError::ShapeMismatch {
+            path: file.to_path_buf(),
+            key: key.to_string(),
+            expected: expected.to_vec(),
+            found: view.shape().to_vec(),
+        });
+    }
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(StudentError::Dtype {
+                path: file.to_path_buf(),
+                key: key.to_string(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    })
+}
+
+/// Load a student from an HF directory (`config.json` + `model.safetensors`).
+/// Every tensor is checked: a missing or mis-shaped one is an error naming the key,
+/// and tensors the config does not use are an error too (a sign of the wrong config).
+pub fn load_hf(dir: &Path, device: &Device) -> Result<(Student, StudentConfig), StudentError> {
+    let config = StudentConfig::from_hf_file(&dir.join("config.json"))?;
+    let file = dir.join("model.safetensors");
+    let handle = std::fs::File::open(&file).map_err(|source| StudentError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    // SAFETY: the file is opened read-only and not modified while mapped.
+    let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|source| StudentError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| StudentError::Safetensors {
+        path: file.clone(),
+        message: e.to_string(),
+    })?;
+    let mut load = Load {
+        path: KeyPath::default(),
+        file: &file,
+        st: &st,
+        used: BTreeSet::new(),
+        error: None,
+    };
+    let model = config.init(device).map(&mut load);
+    if let Some(e) = load.error {
+        return Err(e);
+    }
+    // Tied models may still carry a copy of lm_head; rotary buffers are derived, not learned.
+    let unused: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|k| !load.used.contains(*k))
+        .filter(|k| {
+            !(config.tie_word_embeddings && *k == "lm_head.weight")
+                && !k.ends_with("rotary_emb.inv_freq")
+        })
+        .map(str::to_string)
+        .collect();
+    if !unused.is_empty() {
+        return Err(StudentError::UnexpectedTensors {
+            path: file,
+            count: unused.len(),
+            examples: unused.into_iter().take(5).collect(),
+        });
+    }
+    Ok((model, config))
+}

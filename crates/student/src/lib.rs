@@ -1,0 +1,19 @@
+//! Ember's student: a small dense Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU).
+//!
+//! Saved and loaded in HuggingFace layout (`config.json` with
+//! `architectures: ["LlamaForCausalLM"]` + `model.safetensors`), so transformers,
+//! llama.cpp's converter and candle read it as they read any Llama.
+
+mod config;
+mod error;
+mod generate;
+mod hf;
+mod llama;
+mod rope;
+
+pub use config::{HfLlamaConfig, StudentConfig};
+pub use error::StudentError;
+pub use generate::{GenerateConfig, generate, sample_next};
+pub use hf::{SaveDtype, load_hf, save_hf};
+pub use llama::{Attention, DecoderLayer, KvCache, LlamaModel, Mlp, Student};
+pub use rope::rope_tables;

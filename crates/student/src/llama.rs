@@ -1,0 +1,262 @@
+//! Llama-style decoder with HF module names (`model.layers.N.self_attn.q_proj`, ...),
+//! so the HF checkpoint keys map onto Burn parameter paths with no remapping table.
+//! Reference: transformers `models/llama/modeling_llama.py`.
+
+use burn::module::Module;
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::StudentConfig;
+use crate::rope::{apply_rope, rope_tables};
+
+/// The full causal LM: `model` (embeddings, layers, final norm) plus `lm_head`
+/// (absent when embeddings are tied).
+#[derive(Module, Debug)]
+pub struct Student {
+    pub model: LlamaModel,
+    pub lm_head: Option<Linear>,
+    pub rope_theta: f64,
+    pub head_dim: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// Keys and values of every layer for incremental decoding, `[b, kv_heads, t, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl StudentConfig {
+    /// Build a randomly initialised student on `device`.
+    pub fn init(&self, device: &Device) -> Student {
+        let init = Initializer::Normal {
+            mean: 0.0,
+            std: self.initializer_range,
+        };
+        let linear = |i, o| {
+            LinearConfig::new(i, o)
+                .with_bias(false)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let norm = || {
+            RmsNormConfig::new(self.hidden_size)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let (h, hd) = (self.hidden_size, self.head_dim);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: linear(h, self.num_attention_heads * hd),
+                    k_proj: linear(h, self.num_key_value_heads * hd),
+                    v_proj: linear(h, self.num_key_value_heads * hd),
+                    o_proj: linear(self.num_attention_heads * hd, h),
+                    num_heads: self.num_attention_heads,
+                    num_kv_heads: self.num_key_value_heads,
+                    head_dim: hd,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(h, self.intermediate_size),
+                    up_proj: linear(h, self.intermediate_size),
+                    down_proj: linear(self.intermediate_size, h),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        Student {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, h)
+                    .with_initializer(init.clone())
+                    .init(device),
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size)),
+            rope_theta: self.rope_theta,
+            head_dim: hd,
+        }
+    }
+}
+
+impl Student {
+    /// Logits `[b, t, vocab]` for every position of `input_ids: [b, t]`.
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let hidden = self.forward_hidden(input_ids, None);
+        self.lm_logits(hidden)
+    }
+
+    /// Logits for `input_ids` continuing the sequence held in `cache`, which is extended.
+    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let hidden = self.forward_hidden(input_ids, Some(cache));
+        self.lm_logits(hidden)
+    }
+
+    /// Final hidden states `[b, t, hidden]` (after the last norm).
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let device = input_ids.device();
+        let t = input_ids.dims()[1];
+        let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let (cos, sin) = rope_tables(start, t, self.head_dim, self.rope_theta, &device);
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        if let Some(c) = cache.as_mut() {
+            c.layers.resize(self.model.layers.len(), None);
+        }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &cos, &sin, slot);
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Project hidden states onto the vocabulary (through the tied embedding if there is no head).
+    pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(
+                self.model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .transpose()
+                    .unsqueeze::<3>(),
+            ),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.shape().dims::<2>()[0]
+    }
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor<3>, n| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = apply_rope(heads(self.q_proj.forward(x.clone()), nh), cos, sin);
+        let mut k = apply_rope(heads(self.k_proj.forward(x.clone()), nkv), cos, sin);
+        let mut v = heads(self.v_proj.forward(x), nkv);
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        // Causal mask aligned bottom-right, so cached decoding attends to the whole prefix.
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        let y = attention(
+            q,
+            repeat_kv(k, nh / nkv),
+            repeat_kv(v, nh / nkv),
+            None,
+            None,
+            options,
+        );
+        self.o_proj
+            .forward(y.swap_dims(1, 2).reshape([b, t, nh * hd]))
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+/// `[b, kv, t, d] -> [b, kv * n_rep, t, d]`, each kv head repeated for its query group
+/// (HF `repeat_kv`, i.e. repeat_interleave on the head axis).
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, h, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, n_rep, t, d])
+        .reshape([b, h * n_rep, t, d])
+}

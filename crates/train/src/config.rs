@@ -1,0 +1,235 @@
+//! The training recipe: one TOML file, every hyperparameter in it, each overridable
+//! from the command line with `--set section.key=value`. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use ember_student::StudentConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Prepared dataset directory (from `ember data prepare`).
+    pub dataset: PathBuf,
+}
+
+/// A preset plus optional overrides of its fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub preset: String,
+    /// Defaults to the dataset's vocabulary size.
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub tie_word_embeddings: Option<bool>,
+    pub rope_theta: Option<f64>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            preset: "tiny".into(),
+            vocab_size: None,
+            hidden_size: None,
+            intermediate_size: None,
+            num_hidden_layers: None,
+            num_attention_heads: None,
+            num_key_value_heads: None,
+            head_dim: None,
+            tie_word_embeddings: None,
+            rope_theta: None,
+        }
+    }
+}
+
+impl ModelSection {
+    /// The student shape for a dataset whose tokenizer has `dataset_vocab` ids.
+    pub fn resolve(&self, dataset_vocab: usize) -> Result<StudentConfig, String> {
+        let vocab = self.vocab_size.unwrap_or(dataset_vocab);
+        let mut c = StudentConfig::preset(&self.preset, vocab).ok_or_else(|| {
+            format!(
+                "unknown model preset {:?}; choose one of {:?}",
+                self.preset,
+                StudentConfig::PRESETS
+            )
+        })?;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim
+        );
+        set!(tie_word_embeddings, rope_theta);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Output directory: checkpoints, metrics, final model.
+    pub out_dir: PathBuf,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps in the whole run.
+    pub max_steps: usize,
+    /// Peak learning rate (reached after warmup).
+    pub lr: f64,
+    /// Final learning rate of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    /// Clip the global gradient norm to this value (0 = off).
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// Log training metrics every this many steps.
+    pub log_every: usize,
+    /// Evaluate on validation every this many steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Validation batches per evaluation (0 = the whole split).
+    pub eval_batches: usize,
+    /// Save a resumable checkpoint every this many steps.
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk.
+    pub keep_checkpoints: usize,
+    /// Float format of the exported HF model.
+    pub save_dtype: ember_student::SaveDtype,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            out_dir: PathBuf::from("checkpoints/run"),
+            batch_size: 16,
+            grad_accum: 1,
+            max_steps: 1000,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup_steps: 50,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            epsilon: 1e-8,
+            grad_clip: 1.0,
+            seed: 42,
+            log_every: 10,
+            eval_every: 200,
+            eval_batches: 0,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            save_dtype: ember_student::SaveDtype::F32,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn check(&self) -> Result<(), String> {
+        let t = &self.train;
+        if t.batch_size == 0 || t.grad_accum == 0 || t.max_steps == 0 {
+            return Err(
+                "train.batch_size, train.grad_accum and train.max_steps must be positive".into(),
+            );
+        }
+        if t.warmup_steps >= t.max_steps {
+            return Err(format!(
+                "train.warmup_steps {} must be below train.max_steps {}",
+                t.warmup_steps, t.max_steps
+            ));
+        }
+        if !(t.lr > 0.0 && t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return Err(format!(
+                "need 0 <= train.min_lr ({}) <= train.lr ({}) and lr > 0",
+                t.min_lr, t.lr
+            ));
+        }
+        if t.checkpoint_every == 0 || t.log_every == 0 {
+            return Err("train.checkpoint_every and train.log_every must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Read `path` (or only the overrides when `path` is `None`), apply `key.path=value`
+/// overrides (values parsed as TOML, falling back to strings), and validate.
+pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<TrainConfig, TrainError> {
+    let source = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
+    let mut table: toml::Table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| TrainError::Io {
+                path: p.to_path_buf(),
+                source: e,
+            })?;
+            text.parse()
+                .map_err(|e: toml::de::Error| TrainError::Config {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| TrainError::Override(o.clone()))?;
+        let value: toml::Value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let mut parts: Vec<&str> = key.trim().split('.').collect();
+        let last = parts
+            .pop()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| TrainError::Override(o.clone()))?;
+        let mut node = &mut table;
+        for p in parts {
+            node = node
+                .entry(p)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| TrainError::Override(o.clone()))?;
+        }
+        node.insert(last.to_string(), value);
+    }
+    let cfg: TrainConfig = table
+        .try_into()
+        .map_err(|e: toml::de::Error| TrainError::Config {
+            path: source.clone(),
+            message: e.to_string(),
+        })?;
+    cfg.check().map_err(|message| TrainError::Config {
+        path: source,
+        message,
+    })?;
+    Ok(cfg)
+}

@@ -1,0 +1,29 @@
+use std::path::PathBuf;
+
+/// Errors of training and evaluation; each names the file or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("invalid override {0:?}: expected key.path=value, e.g. train.lr=1e-3")]
+    Override(String),
+
+    #[error(transparent)]
+    Data(#[from] ember_data::DataError),
+
+    #[error(transparent)]
+    Student(#[from] ember_student::StudentError),
+
+    #[error("vocabulary mismatch: {0}")]
+    Vocab(String),
+
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+}

@@ -1,0 +1,17 @@
+//! Training and evaluation of Ember students.
+//!
+//! One readable loop (`trainer.rs`) on Burn's autodiff + AdamW: micro-batches,
+//! gradient accumulation, global-norm clipping, warmup+cosine learning rate,
+//! step-level checkpoints that a killed run resumes from, metrics as JSON lines.
+
+mod config;
+mod error;
+mod eval;
+mod loss;
+mod trainer;
+
+pub use config::{DataSection, ModelSection, TrainConfig, TrainSection, load_config};
+pub use error::TrainError;
+pub use eval::{EvalReport, evaluate};
+pub use loss::{cross_entropy, next_token_batch};
+pub use trainer::{TrainSummary, lr_at, train};

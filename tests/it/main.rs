@@ -1,0 +1,108 @@
+//! Integration tests: the `ember` binary and the library crates on real files
+//! (tokenizer.json, Arrow shards, safetensors), with transformers as the reference.
+
+mod data;
+mod errors;
+mod student;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run `ember args...` in `cwd`; returns the output whatever the status.
+pub fn ember(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("spawn ember")
+}
+
+/// Run `ember` and panic with its stderr unless it succeeds.
+pub fn ember_ok(cwd: &Path, args: &[&str]) -> String {
+    let out = ember(cwd, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ember {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `ember`, expect failure, return stderr.
+pub fn ember_err(cwd: &Path, args: &[&str]) -> String {
+    let out = ember(cwd, args);
+    assert!(
+        !out.status.success(),
+        "ember {args:?} unexpectedly succeeded"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The Python with torch + transformers used as reference: `$EMBER_PYTHON`, else the
+/// environment `scripts/setup_python.sh` creates. Panics with the fix when neither exists.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("EMBER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let venv = std::env::var_os("EMBER_VENV")
+        .map(PathBuf::from)
+        .unwrap_or(home.join(".cache/ember/venv"));
+    let py = venv.join("bin/python");
+    assert!(
+        py.is_file(),
+        "reference Python not found at {}: run scripts/setup_python.sh or set EMBER_PYTHON",
+        py.display()
+    );
+    py
+}
+
+/// A small prepared dataset shared by the tests: byte-level BPE (vocab 512) trained on
+/// a Moby-Dick excerpt, rows of 32 tokens, 10% of
+/// 1 KiB passages held out. Built once per test binary.
+pub fn small_dataset() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let corpus = root().join("tests/fixtures/moby_dick_excerpt.txt");
+        let tok = dir.path().join("tokenizer.json");
+        ember_ok(
+            dir.path(),
+            &[
+                "tokenizer",
+                "train",
+                corpus.to_str().unwrap(),
+                "--out",
+                tok.to_str().unwrap(),
+                "--vocab-size",
+                "512",
+            ],
+        );
+        let args = [
+            "data",
+            "prepare",
+            corpus.to_str().unwrap(),
+            "--tokenizer",
+            "tokenizer.json",
+            "--out",
+            "ds",
+            "--seq-len",
+            "32",
+            "--val-fraction",
+            "0.1",
+            "--passage-bytes",
+            "1024",
+        ];
+        ember_ok(dir.path(), &args);
+        dir
+    })
+    .path()
+    .join("ds")
+    .leak()
+}
