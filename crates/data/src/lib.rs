@@ -15,8 +15,8 @@ mod tokenizer;
 pub use dataset::{Split, TokenDataset, read_token_shard};
 pub use error::DataError;
 pub use logits::{
-    LOGITS_FORMAT_VERSION, LogitsManifest, LogitsMeta, LogitsRow, LogitsShard, logits_schema, read_logits_shard,
-    write_logits_shard,
+    LOGITS_FORMAT_VERSION, LogitsManifest, LogitsMeta, LogitsRow, LogitsShard, logits_schema,
+    read_logits_shard, write_logits_shard,
 };
 pub use prepare::{
     DatasetManifest, PrepareConfig, PrepareReport, ShardInfo, UnigramBaseline, prepare,

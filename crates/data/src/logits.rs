@@ -55,10 +55,19 @@ impl LogitsMeta {
     fn to_schema_metadata(&self) -> HashMap<String, String> {
         HashMap::from([
             ("ember.format".into(), "ember-logits".into()),
-            ("ember.format_version".into(), LOGITS_FORMAT_VERSION.to_string()),
+            (
+                "ember.format_version".into(),
+                LOGITS_FORMAT_VERSION.to_string(),
+            ),
             ("ember.teacher".into(), self.teacher.clone()),
-            ("ember.teacher_config_sha256".into(), self.teacher_config_sha256.clone()),
-            ("ember.tokenizer_sha256".into(), self.tokenizer_sha256.clone()),
+            (
+                "ember.teacher_config_sha256".into(),
+                self.teacher_config_sha256.clone(),
+            ),
+            (
+                "ember.tokenizer_sha256".into(),
+                self.tokenizer_sha256.clone(),
+            ),
             ("ember.vocab_size".into(), self.vocab_size.to_string()),
             ("ember.k".into(), self.k.to_string()),
             ("ember.temperature".into(), self.temperature.to_string()),
@@ -76,22 +85,35 @@ impl LogitsMeta {
             })
         };
         let num = |k: &str| -> Result<usize, DataError> {
-            get(k)?.parse().map_err(|_| DataError::Format { path: path.to_path_buf(), message: format!("{k} is not a number") })
+            get(k)?.parse().map_err(|_| DataError::Format {
+                path: path.to_path_buf(),
+                message: format!("{k} is not a number"),
+            })
         };
         if get("ember.format")? != "ember-logits" {
-            return Err(DataError::Format { path: path.to_path_buf(), message: "ember.format is not ember-logits".into() });
+            return Err(DataError::Format {
+                path: path.to_path_buf(),
+                message: "ember.format is not ember-logits".into(),
+            });
         }
         let version = num("ember.format_version")?;
         if version != LOGITS_FORMAT_VERSION as usize {
             return Err(DataError::Format {
                 path: path.to_path_buf(),
-                message: format!("logits format v{version}, this Ember reads v{LOGITS_FORMAT_VERSION}"),
+                message: format!(
+                    "logits format v{version}, this Ember reads v{LOGITS_FORMAT_VERSION}"
+                ),
             });
         }
         let split = match get("ember.split")?.as_str() {
             "train" => Split::Train,
             "validation" => Split::Validation,
-            other => return Err(DataError::Format { path: path.to_path_buf(), message: format!("unknown split {other}") }),
+            other => {
+                return Err(DataError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("unknown split {other}"),
+                });
+            }
         };
         Ok(Self {
             teacher: get("ember.teacher")?,
@@ -101,7 +123,10 @@ impl LogitsMeta {
             k: num("ember.k")?,
             temperature: get("ember.temperature")?
                 .parse()
-                .map_err(|_| DataError::Format { path: path.to_path_buf(), message: "bad temperature".into() })?,
+                .map_err(|_| DataError::Format {
+                    path: path.to_path_buf(),
+                    message: "bad temperature".into(),
+                })?,
             seq_len: num("ember.seq_len")?,
             split,
             source: get("ember.source")?,
@@ -125,7 +150,10 @@ fn nested(item: DataType, k: usize, t: usize) -> (DataType, Arc<Field>) {
     let inner_field = Arc::new(Field::new("item", item, false));
     let inner = DataType::FixedSizeList(inner_field, k as i32);
     let outer_field = Arc::new(Field::new("item", inner.clone(), false));
-    (DataType::FixedSizeList(outer_field.clone(), t as i32), outer_field)
+    (
+        DataType::FixedSizeList(outer_field.clone(), t as i32),
+        outer_field,
+    )
 }
 
 /// Arrow schema of a logits shard.
@@ -134,14 +162,24 @@ pub fn logits_schema(meta: &LogitsMeta) -> Schema {
     let ids_item = Arc::new(Field::new("item", DataType::Int32, false));
     Schema::new(vec![
         Field::new("row_index", DataType::UInt64, false),
-        Field::new("input_ids", DataType::FixedSizeList(ids_item, t as i32), false),
+        Field::new(
+            "input_ids",
+            DataType::FixedSizeList(ids_item, t as i32),
+            false,
+        ),
         Field::new("topk_ids", nested(DataType::Int32, k, t).0, false),
         Field::new("topk_logprobs", nested(DataType::Float32, k, t).0, false),
     ])
     .with_metadata(meta.to_schema_metadata())
 }
 
-fn nested_array(values: ArrayRef, item: DataType, k: usize, t: usize, rows: usize) -> Result<FixedSizeListArray, arrow::error::ArrowError> {
+fn nested_array(
+    values: ArrayRef,
+    item: DataType,
+    k: usize,
+    t: usize,
+    rows: usize,
+) -> Result<FixedSizeListArray, arrow::error::ArrowError> {
     let inner_field = Arc::new(Field::new("item", item.clone(), false));
     let inner = FixedSizeListArray::try_new(inner_field, k as i32, values, None)?;
     let (_, outer_field) = nested(item, k, t);
@@ -150,9 +188,16 @@ fn nested_array(values: ArrayRef, item: DataType, k: usize, t: usize, rows: usiz
 }
 
 /// Write `rows` as one logits shard at `path`, atomically (temporary file, fsync, rename).
-pub fn write_logits_shard(path: &Path, meta: &LogitsMeta, rows: &[LogitsRow]) -> Result<(), DataError> {
+pub fn write_logits_shard(
+    path: &Path,
+    meta: &LogitsMeta,
+    rows: &[LogitsRow],
+) -> Result<(), DataError> {
     let (t, k) = (meta.seq_len, meta.k);
-    let format = |message: String| DataError::Format { path: path.to_path_buf(), message };
+    let format = |message: String| DataError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
     for r in rows {
         if r.input_ids.len() != t || r.topk_ids.len() != t * k || r.topk_logprobs.len() != t * k {
             return Err(format(format!(
@@ -166,7 +211,10 @@ pub fn write_logits_shard(path: &Path, meta: &LogitsMeta, rows: &[LogitsRow]) ->
             )));
         }
     }
-    let arrow_err = |source| DataError::Arrow { path: path.to_path_buf(), source };
+    let arrow_err = |source| DataError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    };
     let schema = Arc::new(logits_schema(meta));
     let n = rows.len();
     let row_index = UInt64Array::from(rows.iter().map(|r| r.row_index).collect::<Vec<_>>());
@@ -174,12 +222,20 @@ pub fn write_logits_shard(path: &Path, meta: &LogitsMeta, rows: &[LogitsRow]) ->
     let input_ids = FixedSizeListArray::try_new(
         ids_item,
         t as i32,
-        Arc::new(Int32Array::from(rows.iter().flat_map(|r| r.input_ids.iter().copied()).collect::<Vec<_>>())),
+        Arc::new(Int32Array::from(
+            rows.iter()
+                .flat_map(|r| r.input_ids.iter().copied())
+                .collect::<Vec<_>>(),
+        )),
         None,
     )
     .map_err(arrow_err)?;
     let topk_ids = nested_array(
-        Arc::new(Int32Array::from(rows.iter().flat_map(|r| r.topk_ids.iter().copied()).collect::<Vec<_>>())),
+        Arc::new(Int32Array::from(
+            rows.iter()
+                .flat_map(|r| r.topk_ids.iter().copied())
+                .collect::<Vec<_>>(),
+        )),
         DataType::Int32,
         k,
         t,
@@ -187,52 +243,107 @@ pub fn write_logits_shard(path: &Path, meta: &LogitsMeta, rows: &[LogitsRow]) ->
     )
     .map_err(arrow_err)?;
     let topk_logprobs = nested_array(
-        Arc::new(Float32Array::from(rows.iter().flat_map(|r| r.topk_logprobs.iter().copied()).collect::<Vec<_>>())),
+        Arc::new(Float32Array::from(
+            rows.iter()
+                .flat_map(|r| r.topk_logprobs.iter().copied())
+                .collect::<Vec<_>>(),
+        )),
         DataType::Float32,
         k,
         t,
         n,
     )
     .map_err(arrow_err)?;
-    let columns: Vec<ArrayRef> = vec![Arc::new(row_index), Arc::new(input_ids), Arc::new(topk_ids), Arc::new(topk_logprobs)];
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(row_index),
+        Arc::new(input_ids),
+        Arc::new(topk_ids),
+        Arc::new(topk_logprobs),
+    ];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow_err)?;
     let tmp = tmp_path(path);
-    let file = File::create(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+    let file = File::create(&tmp).map_err(|source| DataError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
     let mut writer = FileWriter::try_new(file, &schema).map_err(arrow_err)?;
     writer.write(&batch).map_err(arrow_err)?;
     writer.finish().map_err(arrow_err)?;
     let file = writer.into_inner().map_err(arrow_err)?;
-    file.sync_all().map_err(|source| DataError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })
+    file.sync_all().map_err(|source| DataError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Read one logits shard back.
 pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let arrow_err = |source| DataError::Arrow { path: path.to_path_buf(), source };
-    let format = |message: String| DataError::Format { path: path.to_path_buf(), message };
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let arrow_err = |source| DataError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format = |message: String| DataError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
     let reader = FileReader::try_new(file, None).map_err(arrow_err)?;
     let schema = reader.schema();
-    let meta = LogitsMeta::from_schema_metadata(schema.metadata(), path)?;
+    let md: HashMap<String, String> = schema
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let meta = LogitsMeta::from_schema_metadata(&md, path)?;
     let (t, k) = (meta.seq_len, meta.k);
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(arrow_err)?;
-        let col = |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| format(format!("no column {name}")));
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| format(format!("no column {name}")))
+        };
         let row_index = col("row_index")?;
-        let row_index = row_index.as_any().downcast_ref::<UInt64Array>().ok_or_else(|| format("row_index is not UInt64".into()))?;
+        let row_index = row_index
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| format("row_index is not UInt64".into()))?;
         let flat_i32 = |a: &ArrayRef, depth: usize, name: &str| -> Result<Vec<i32>, DataError> {
-            let v = flatten(a, depth).ok_or_else(|| format(format!("{name} has an unexpected type")))?;
-            Ok(v.as_any().downcast_ref::<Int32Array>().ok_or_else(|| format(format!("{name} values are not Int32")))?.values().to_vec())
+            let v = flatten(a, depth)
+                .ok_or_else(|| format(format!("{name} has an unexpected type")))?;
+            Ok(v.as_any()
+                .downcast_ref::<Int32Array>()
+                .ok_or_else(|| format(format!("{name} values are not Int32")))?
+                .values()
+                .to_vec())
         };
         let input_ids = flat_i32(&col("input_ids")?, 1, "input_ids")?;
         let topk_ids = flat_i32(&col("topk_ids")?, 2, "topk_ids")?;
-        let lp = flatten(&col("topk_logprobs")?, 2).ok_or_else(|| format("topk_logprobs has an unexpected type".into()))?;
-        let topk_logprobs =
-            lp.as_any().downcast_ref::<Float32Array>().ok_or_else(|| format("topk_logprobs are not Float32".into()))?.values().to_vec();
+        let lp = flatten(&col("topk_logprobs")?, 2)
+            .ok_or_else(|| format("topk_logprobs has an unexpected type".into()))?;
+        let topk_logprobs = lp
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| format("topk_logprobs are not Float32".into()))?
+            .values()
+            .to_vec();
         let n = batch.num_rows();
-        if input_ids.len() != n * t || topk_ids.len() != n * t * k || topk_logprobs.len() != n * t * k {
-            return Err(format(format!("column lengths do not match {n} rows of T={t}, k={k}")));
+        if input_ids.len() != n * t
+            || topk_ids.len() != n * t * k
+            || topk_logprobs.len() != n * t * k
+        {
+            return Err(format(format!(
+                "column lengths do not match {n} rows of T={t}, k={k}"
+            )));
         }
         for i in 0..n {
             rows.push(LogitsRow {
@@ -286,16 +397,33 @@ impl LogitsManifest {
 
     pub fn load(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join(Self::FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
-        let m: Self = serde_json::from_str(&text).map_err(|source| DataError::Manifest { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let m: Self = serde_json::from_str(&text).map_err(|source| DataError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
         if m.format != "ember-logits" || m.format_version != LOGITS_FORMAT_VERSION {
-            return Err(DataError::Format { path, message: format!("{} v{} is not ember-logits v{LOGITS_FORMAT_VERSION}", m.format, m.format_version) });
+            return Err(DataError::Format {
+                path,
+                message: format!(
+                    "{} v{} is not ember-logits v{LOGITS_FORMAT_VERSION}",
+                    m.format, m.format_version
+                ),
+            });
         }
         Ok(m)
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), DataError> {
-        write_atomic(&dir.join(Self::FILE), serde_json::to_string_pretty(self).expect("serializes").as_bytes())
+        write_atomic(
+            &dir.join(Self::FILE),
+            serde_json::to_string_pretty(self)
+                .expect("serializes")
+                .as_bytes(),
+        )
     }
 }
 
@@ -332,7 +460,9 @@ mod tests {
         assert_eq!(back, rows);
         let mut bad = rows[0].clone();
         bad.topk_ids.pop();
-        let err = write_logits_shard(&path, &meta, &[bad]).unwrap_err().to_string();
+        let err = write_logits_shard(&path, &meta, &[bad])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("row 10") && err.contains("5 ids"), "{err}");
     }
 }
