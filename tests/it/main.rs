@@ -4,6 +4,7 @@
 mod data;
 mod errors;
 mod student;
+mod teacher;
 mod train;
 
 use std::path::{Path, PathBuf};

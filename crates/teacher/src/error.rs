@@ -1,0 +1,65 @@
+use std::path::PathBuf;
+
+/// Errors of the teacher crate; each names the file, key or shape at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TeacherError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid config.json: {source}")]
+    ConfigJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+
+    #[error("{dir}: missing tensor {key} (expected shape {expected:?}); checked {files}")]
+    MissingTensor {
+        dir: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        files: String,
+    },
+
+    #[error("{path}: tensor {key} has shape {found:?}, the config needs {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error("{path}: tensor {key} has dtype {dtype}; supported: F32, F16, BF16")]
+    Dtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+
+    #[error("{path}: shard index lists {key} in {file}, which does not exist")]
+    MissingShard {
+        path: PathBuf,
+        key: String,
+        file: String,
+    },
+
+    #[error(transparent)]
+    Data(#[from] ember_data::DataError),
+
+    #[error("tokenizer mismatch: {0}")]
+    Vocab(String),
+
+    #[error("remote teacher {url}: {message}")]
+    Remote { url: String, message: String },
+
+    #[error("{0}")]
+    Invalid(String),
+}

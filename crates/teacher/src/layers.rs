@@ -1,0 +1,271 @@
+//! Building blocks shared by the teacher architectures: linear layers kept in HF
+//! layout, RMSNorm, RoPE (rotate_half and interleaved), causal attention with GQA and
+//! padding masks, SwiGLU MLPs, and mixture-of-experts dispatch.
+//!
+//! Teachers are inference-only: plain tensors on a non-autodiff device, no Burn
+//! `Module` bookkeeping.
+
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{DType, IndexingUpdateOp};
+
+use crate::{TeacherError, Weights};
+
+/// `y = x W^T + b` with `W` as stored by PyTorch (`[out, in]`), transposed once at load.
+pub struct Linear {
+    /// `[in, out]`
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// Load `<prefix>.weight` (`[out, in]`) and `<prefix>.bias` if `bias`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Self, TeacherError> {
+        let weight = w
+            .get(&format!("{prefix}.weight"), [d_out, d_in])?
+            .transpose();
+        let bias = if bias {
+            Some(w.get(&format!("{prefix}.bias"), [d_out])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x: [n, in] -> [n, out]`
+    pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+
+    /// `x: [b, t, in] -> [b, t, out]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let y = self.forward2(x.reshape([b * t, d]));
+        let out = y.dims()[1];
+        y.reshape([b, t, out])
+    }
+}
+
+/// RMSNorm as HF computes it: statistics in float32, `w * (x / sqrt(mean(x^2) + eps))`
+/// with the weight applied in the compute dtype.
+pub struct RmsNorm {
+    pub weight: Tensor<1>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, key: &str, dim: usize, eps: f64) -> Result<Self, TeacherError> {
+        Ok(Self {
+            weight: w.get(key, [dim])?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
+        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
+        (x / rms).cast(dtype) * self.weight.clone().unsqueeze::<D>()
+    }
+}
+
+/// cos/sin tables `[t, dim]` for positions `0..t`, HF layout (frequencies repeated over both halves).
+pub fn rope_tables(t: usize, dim: usize, theta: f64, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let half = dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / dim as f64)) as f32)
+        .collect();
+    let mut cos = Vec::with_capacity(t * dim);
+    let mut sin = Vec::with_capacity(t * dim);
+    for p in 0..t {
+        let angles: Vec<f32> = inv_freq.iter().map(|f| f * p as f32).collect();
+        for _ in 0..2 {
+            cos.extend(angles.iter().map(|a| a.cos()));
+            sin.extend(angles.iter().map(|a| a.sin()));
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [t, dim]), device),
+        Tensor::from_data(TensorData::new(sin, [t, dim]), device),
+    )
+}
+
+/// HF `apply_rotary_pos_emb` on `x: [b, h, t, d]`: `x * cos + rotate_half(x) * sin`.
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+}
+
+/// Rotary embedding for checkpoints whose rotary dims are stored interleaved
+/// (`x0, y0, x1, y1, ...`): de-interleave to `[x..., y...]`, then rotate_half.
+pub fn apply_rope_interleaved(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let x = x
+        .reshape([b, h, t, d / 2, 2])
+        .swap_dims(3, 4)
+        .reshape([b, h, t, d]);
+    apply_rope(x, cos, sin)
+}
+
+/// `[b, kv, t, d] -> [b, kv * n_rep, t, d]` (HF `repeat_kv`).
+pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, h, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, n_rep, t, d])
+        .reshape([b, h * n_rep, t, d])
+}
+
+/// Eager causal attention, `q: [b, h, t, dq]`, `k: [b, h, t, dq]`, `v: [b, h, t, dv]`,
+/// optional key padding mask `[b, t]` (true = padding), optional sliding window (a query
+/// sees at most `window` keys, itself included). Softmax in float32.
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    pad: Option<&Tensor<2, Bool>>,
+    window: Option<usize>,
+) -> Tensor<4> {
+    let [b, h, t, _] = q.dims();
+    let device = q.device();
+    let dtype = q.dtype();
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(scale)
+        .cast(DType::F32);
+    let causal = match window {
+        Some(w) if w < t => {
+            let m: Vec<bool> = (0..t * t)
+                .map(|ij| ij % t > ij / t || ij / t - ij % t >= w)
+                .collect();
+            Tensor::<2, Bool>::from_data(TensorData::new(m, [t, t]), &device)
+        }
+        _ => Tensor::<2, Bool>::tril_mask([t, t], 0, &device),
+    };
+    let mut mask = causal.unsqueeze::<4>().expand([b, h, t, t]);
+    if let Some(pad) = pad {
+        let keys = pad.clone().reshape([b, 1, 1, t]).expand([b, h, t, t]);
+        // a query never loses its own key, so no row is fully masked
+        let diag = Tensor::<2, Bool>::diag_mask([t, t], 0, &device)
+            .bool_not()
+            .unsqueeze::<4>()
+            .expand([b, h, t, t]);
+        mask = mask.bool_or(keys.bool_and(diag.bool_not()));
+    }
+    softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
+        .cast(dtype)
+        .matmul(v)
+}
+
+/// SwiGLU MLP `down(silu(gate(x)) * up(x))` at `<prefix>.{gate,up,down}_proj`.
+pub struct Mlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Mlp {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Self, TeacherError> {
+        Self::load_named(
+            w,
+            prefix,
+            ["gate_proj", "up_proj", "down_proj"],
+            hidden,
+            inter,
+        )
+    }
+
+    /// Same with other projection names (Mixtral experts use `w1`, `w3`, `w2`).
+    pub fn load_named(
+        w: &Weights,
+        prefix: &str,
+        names: [&str; 3],
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Self, TeacherError> {
+        Ok(Self {
+            gate: Linear::load(w, &format!("{prefix}.{}", names[0]), hidden, inter, false)?,
+            up: Linear::load(w, &format!("{prefix}.{}", names[1]), hidden, inter, false)?,
+            down: Linear::load(w, &format!("{prefix}.{}", names[2]), inter, hidden, false)?,
+        })
+    }
+
+    /// `x: [n, hidden]`
+    pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+        self.down
+            .forward2(silu(self.gate.forward2(x.clone())) * self.up.forward2(x))
+    }
+}
+
+/// Per token: the chosen experts and their mixing weights.
+pub struct Routing {
+    pub experts: Vec<Vec<usize>>,
+    pub weights: Vec<Vec<f32>>,
+}
+
+/// Run `x: [n, hidden]` through the routed experts and sum their weighted outputs.
+/// Tokens are grouped per expert on the host, so each expert runs one matmul over
+/// exactly the tokens routed to it.
+pub fn dispatch_experts(x: Tensor<2>, experts: &[Mlp], routing: &Routing) -> Tensor<2> {
+    let [n, d] = x.dims();
+    let device = x.device();
+    let mut per_expert: Vec<(Vec<i32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); experts.len()];
+    for (tok, (ids, ws)) in routing.experts.iter().zip(&routing.weights).enumerate() {
+        for (&e, &w) in ids.iter().zip(ws) {
+            per_expert[e].0.push(tok as i32);
+            per_expert[e].1.push(w);
+        }
+    }
+    let mut out = Tensor::<2>::zeros([n, d], (&device, x.dtype()));
+    for (expert, (tokens, weights)) in experts.iter().zip(per_expert) {
+        if tokens.is_empty() {
+            continue;
+        }
+        let m = tokens.len();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [m]), &device);
+        let w = Tensor::<2>::from_data(TensorData::new(weights, [m, 1]), &device).cast(x.dtype());
+        let y = expert.forward2(x.clone().select(0, idx.clone())) * w;
+        out = out.select_assign(0, idx, y, IndexingUpdateOp::Add);
+    }
+    out
+}
+
+/// Read a small 2-D tensor to host rows.
+pub fn to_rows(t: Tensor<2>) -> Vec<Vec<f32>> {
+    let [n, m] = t.dims();
+    let v: Vec<f32> = t
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float tensor");
+    (0..n).map(|i| v[i * m..(i + 1) * m].to_vec()).collect()
+}
+
+/// Indices of the `k` largest values, largest first; ties go to the lower index (like torch.topk on CPU).
+pub fn topk_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
