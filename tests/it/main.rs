@@ -3,6 +3,7 @@
 
 mod data;
 mod errors;
+mod record;
 mod student;
 mod teacher;
 mod train;

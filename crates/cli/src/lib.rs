@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 mod data;
 mod eval;
 mod generate;
+mod record;
+mod serve;
 mod tokenizer;
 mod train;
 mod util;
@@ -33,6 +35,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Sample text from a student.
     Generate(generate::GenerateArgs),
+    /// Record a teacher's top-k next-token log-probabilities over a prepared dataset (Arrow).
+    Record(record::RecordArgs),
+    /// Serve a model over HTTP: OpenAI/vLLM `/v1/completions` (prompt_logprobs) and SGLang `/generate`.
+    Serve(serve::ServeArgs),
 }
 
 /// Entry point of the `ember` binary: runs the command, prints the error chain on failure.
@@ -44,6 +50,8 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

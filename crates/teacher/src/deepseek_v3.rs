@@ -72,7 +72,8 @@ fn latent_attention(
     let vd = cfg.need(cfg.v_head_dim, "v_head_dim")?;
     let kv_rank = cfg.need(cfg.kv_lora_rank, "kv_lora_rank")?;
     let bias = cfg.attention_bias.unwrap_or(false);
-    let eps = cfg.rms_norm_eps;
+    // DeepSeek's latent norms use a fixed epsilon, not rms_norm_eps
+    let eps = 1e-6;
     let q = match cfg.q_lora_rank {
         Some(r) => QueryPath::LowRank {
             a: Linear::load(w, &format!("{p}.q_a_proj"), h, r, bias)?,

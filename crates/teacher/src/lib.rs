@@ -13,10 +13,16 @@ mod model;
 mod qwen2;
 mod qwen3;
 mod qwen3_moe;
+mod record;
+mod remote;
 mod weights;
 
 pub use config::{Arch, HfConfig};
 pub use error::TeacherError;
 pub use load::load_teacher;
 pub use model::{Router, Teacher, grouped_routing, softmax_routing};
+pub use record::{
+    LocalTeacher, LogitSource, RecordConfig, TopK, check_vocab, record, topk_logprobs,
+};
+pub use remote::{Protocol, RemoteTeacher};
 pub use weights::Weights;
