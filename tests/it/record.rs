@@ -410,3 +410,91 @@ fn the_server_answers_bad_requests_with_4xx_and_keeps_serving() {
         3
     );
 }
+
+#[test]
+fn distillkit_captures_import_exactly_when_lossless_and_as_decoded_when_lossy() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = teacher_dir(dir.path());
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let mut args = record_args(teacher.to_str().unwrap(), "local", &ds);
+    args[12] = "6"; // --max-rows 6
+    ember_ok(dir.path(), &args);
+    let shard = dir.path().join("local/train-00000.arrow");
+    let (_, original) = read_logits_shard(&shard).unwrap();
+    let script = crate::root().join("tests/python/make_distillkit_capture.py");
+    for mode in ["lossless", "lossy"] {
+        let capture = dir.path().join(format!("capture-{mode}"));
+        let out = Command::new(python())
+            .arg(&script)
+            .arg(&shard)
+            .arg(&capture)
+            .arg(mode)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let imported = format!("imported-{mode}");
+        let tok = teacher.join("tokenizer.json");
+        let text = ember_ok(
+            dir.path(),
+            &[
+                "import",
+                "distillkit",
+                "--capture",
+                capture.to_str().unwrap(),
+                "--tokenizer",
+                tok.to_str().unwrap(),
+                "--seq-len",
+                "16",
+                "--out",
+                &imported,
+            ],
+        );
+        assert!(
+            text.contains("imported 192 positions (12 rows of 16, k=8)"),
+            "{text}"
+        );
+        let m = LogitsManifest::load(&dir.path().join(&imported)).unwrap();
+        assert_eq!(m.meta.source, "distillkit");
+        let (_, rows) =
+            read_logits_shard(&dir.path().join(&imported).join("train-00000.arrow")).unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(capture.join("expected.json")).unwrap()).unwrap();
+        let mut worst_vs_decoder = 0.0f64;
+        let mut worst_vs_original = 0.0f64;
+        for (i, row) in rows.iter().enumerate() {
+            // imported row i is window i % 2 of capture row i / 2 (32 positions -> two windows of 16)
+            let (src, off) = (&original[i / 2], (i % 2) * 16);
+            assert_eq!(row.input_ids, src.input_ids[off..off + 16]);
+            assert_eq!(
+                row.topk_ids,
+                src.topk_ids[off * 8..(off + 16) * 8],
+                "row {i}"
+            );
+            for p in 0..16 {
+                for j in 0..8 {
+                    let got = row.topk_logprobs[p * 8 + j] as f64;
+                    let dec = expected["logprobs"][i / 2][off + p][j].as_f64().unwrap();
+                    worst_vs_decoder = worst_vs_decoder.max((got - dec).abs());
+                    worst_vs_original = worst_vs_original
+                        .max((got - src.topk_logprobs[(off + p) * 8 + j] as f64).abs());
+                }
+            }
+        }
+        assert!(
+            worst_vs_decoder < 1e-4,
+            "{mode}: vs reference decoder {worst_vs_decoder}"
+        );
+        if mode == "lossless" {
+            assert_eq!(worst_vs_original, 0.0, "lossless import must be exact");
+        } else {
+            assert!(
+                worst_vs_original > 1e-4 && worst_vs_original < 0.5,
+                "lossy error {worst_vs_original}"
+            );
+        }
+    }
+}

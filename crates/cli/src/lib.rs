@@ -4,9 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod data;
 mod eval;
 mod generate;
+mod import;
 mod record;
 mod serve;
 mod tokenizer;
@@ -37,6 +39,11 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Record a teacher's top-k next-token log-probabilities over a prepared dataset (Arrow).
     Record(record::RecordArgs),
+    /// Import teacher logits captured by other tools (DistillKit).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
+    /// Measure teacher forward throughput (tokens/s) on random ids.
+    Bench(bench::BenchArgs),
     /// Serve a model over HTTP: OpenAI/vLLM `/v1/completions` (prompt_logprobs) and SGLang `/generate`.
     Serve(serve::ServeArgs),
 }
@@ -52,6 +59,8 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Record(args) => record::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Import(cmd) => import::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 
 mod config;
 mod deepseek_v3;
+mod distillkit;
 mod error;
 mod layers;
 mod llama;
@@ -18,6 +19,7 @@ mod remote;
 mod weights;
 
 pub use config::{Arch, HfConfig};
+pub use distillkit::{CompressionConfig, ImportConfig, import_distillkit, unpack_bits};
 pub use error::TeacherError;
 pub use load::load_teacher;
 pub use model::{Router, Teacher, grouped_routing, softmax_routing};

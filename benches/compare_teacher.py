@@ -1,0 +1,83 @@
+"""Teacher forward throughput: Ember (Burn flex, CPU) vs transformers (PyTorch eager, CPU), one run.
+
+Builds a scaled-up random Qwen3-MoE checkpoint with transformers (no download), times
+transformers' forward on it, then `ember bench` on the same files and the same shapes.
+
+    $(bash scripts/setup_python.sh | tail -1) benches/compare_teacher.py [--batch 4 --seq 256]
+
+Writes a JSON summary to stdout (and to --out if given).
+"""
+import argparse, json, os, subprocess, sys, tempfile, time
+
+import torch
+import transformers as T
+
+p = argparse.ArgumentParser()
+p.add_argument("--batch", type=int, default=4)
+p.add_argument("--seq", type=int, default=256)
+p.add_argument("--iters", type=int, default=5)
+p.add_argument("--arch", default="qwen3_moe", choices=["qwen3_moe", "llama"])
+p.add_argument("--ember", default=None, help="path of the ember binary (default: build it with cargo)")
+p.add_argument("--out", default=None)
+a = p.parse_args()
+
+torch.manual_seed(0)
+threads = os.cpu_count()
+torch.set_num_threads(threads)
+common = dict(vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+              num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, rms_norm_eps=1e-6,
+              tie_word_embeddings=False, rope_theta=1e6)
+if a.arch == "qwen3_moe":
+    cfg = T.Qwen3MoeConfig(**common, intermediate_size=1536, num_experts=8, num_experts_per_tok=2,
+                           moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[],
+                           norm_topk_prob=True)
+else:
+    cfg = T.LlamaConfig(**common, intermediate_size=1536)
+d = tempfile.mkdtemp(prefix="ember-bench-")
+model = T.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+with torch.no_grad():
+    for n, w in model.named_parameters():
+        if w.dim() >= 2:
+            w.normal_(0, 0.05)
+model = model.to(torch.bfloat16)
+model.save_pretrained(d, safe_serialization=True)
+params = sum(x.numel() for x in model.parameters())
+
+m = T.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+ids = (torch.arange(a.batch * a.seq).reshape(a.batch, a.seq) * 7919 + 13) % cfg.vocab_size
+
+
+def bench(fn):
+    fn()
+    ts = []
+    for _ in range(a.iters):
+        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+with torch.inference_mode():
+    t_eager = bench(lambda: m(input_ids=ids).logits)
+m_sdpa = T.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa").eval()
+with torch.inference_mode():
+    t_sdpa = bench(lambda: m_sdpa(input_ids=ids).logits)
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ember = a.ember
+if ember is None:
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "ember"], cwd=root, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    ember = os.path.join(target, "debug", "ember")
+out = subprocess.run([ember, "bench", "--model", d, "--batch-size", str(a.batch), "--seq-len", str(a.seq),
+                      "--iters", str(a.iters)], check=True, capture_output=True, text=True).stdout
+em = json.loads(out.strip().splitlines()[-1])
+tok = a.batch * a.seq
+res = {
+    "arch": a.arch, "params": params, "batch": a.batch, "seq_len": a.seq, "threads": threads,
+    "torch": torch.__version__, "transformers": T.__version__,
+    "transformers_eager_tokens_per_s": tok / t_eager, "transformers_sdpa_tokens_per_s": tok / t_sdpa,
+    "ember_tokens_per_s": em["tokens_per_second"],
+    "ember_vs_eager": em["tokens_per_second"] / (tok / t_eager),
+}
+print(json.dumps(res, indent=1))
+if a.out:
+    json.dump(res, open(a.out, "w"), indent=1)
