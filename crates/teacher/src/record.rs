@@ -90,25 +90,35 @@ impl LogitSource for LocalTeacher {
 }
 
 /// Top-k of `log_softmax(logits / temperature)` over the full vocabulary, per position.
+/// The normaliser is computed on the device; the selection runs on the host, one
+/// sequence at a time, with a partial sort (O(V) per position, not a full sort).
 pub fn topk_logprobs(logits: Tensor<3>, k: usize, temperature: f32) -> TopK {
-    let [b, t, _] = logits.dims();
+    let [b, t, v] = logits.dims();
     let logp = log_softmax(logits.div_scalar(temperature), 2);
-    let (values, indices) = logp.topk_with_indices(k, 2);
-    let values: Vec<f32> = values
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .expect("float logprobs");
-    let indices: Vec<i32> = indices
-        .into_data()
-        .try_into_vec_as::<i32>()
-        .expect("int indices");
-    let n = t * k;
     (0..b)
         .map(|r| {
-            (
-                indices[r * n..(r + 1) * n].to_vec(),
-                values[r * n..(r + 1) * n].to_vec(),
-            )
+            let row: Vec<f32> = logp
+                .clone()
+                .slice([r..r + 1, 0..t, 0..v])
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("float logprobs");
+            let mut ids = Vec::with_capacity(t * k);
+            let mut lps = Vec::with_capacity(t * k);
+            let mut order: Vec<u32> = Vec::with_capacity(v);
+            for pos in row.chunks_exact(v) {
+                order.clear();
+                order.extend(0..v as u32);
+                let by_value =
+                    |a: &u32, b: &u32| pos[*b as usize].total_cmp(&pos[*a as usize]).then(a.cmp(b));
+                if k < v {
+                    order.select_nth_unstable_by(k, by_value);
+                }
+                order[..k].sort_unstable_by(by_value);
+                ids.extend(order[..k].iter().map(|&i| i as i32));
+                lps.extend(order[..k].iter().map(|&i| pos[i as usize]));
+            }
+            (ids, lps)
         })
         .collect()
 }
