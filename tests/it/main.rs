@@ -3,6 +3,7 @@
 
 mod data;
 mod errors;
+mod kd;
 mod record;
 mod student;
 mod teacher;

@@ -7,11 +7,13 @@
 mod config;
 mod error;
 mod eval;
+mod kd;
 mod loss;
 mod trainer;
 
 pub use config::{DataSection, ModelSection, TrainConfig, TrainSection, load_config};
 pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
+pub use kd::{KdConfig, KdLoss, KdOutput, TeacherTargets, chunked_logsumexp, kd_loss};
 pub use loss::{cross_entropy, next_token_batch};
 pub use trainer::{TrainSummary, lr_at, train};

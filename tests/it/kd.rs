@@ -1,0 +1,233 @@
+//! Distillation losses against an independent PyTorch implementation, and gradients
+//! against finite differences.
+
+use std::collections::HashMap;
+
+use burn::prelude::*;
+use ember_train::{KdConfig, KdLoss, TeacherTargets, kd_loss};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::{python, root};
+
+const B: usize = 2;
+const T: usize = 3;
+const V: usize = 50;
+const K: usize = 6;
+
+/// Deterministic pseudo-random numbers in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Student logits, teacher top-k (some ids beyond the student vocabulary), labels.
+fn inputs() -> (Vec<f32>, Vec<i32>, Vec<f32>, Vec<i32>) {
+    let logits: Vec<f32> = noise(B * T * V, 1).iter().map(|x| x * 3.0).collect();
+    // teacher: a random distribution over 64 ids (14 of them padding beyond V = 50), top-6 kept
+    let teacher = noise(B * T * 64, 2);
+    let mut ids = Vec::new();
+    let mut lps = Vec::new();
+    for pos in teacher.chunks(64) {
+        let l: Vec<f64> = pos.iter().map(|x| *x as f64 * 4.0).collect();
+        let lse = l.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let mut order: Vec<usize> = (0..64).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        for &i in &order[..K] {
+            ids.push(i as i32);
+            lps.push((l[i] - lse) as f32);
+        }
+    }
+    let labels: Vec<i32> = (0..B * T).map(|i| ((i * 17) % V) as i32).collect();
+    (logits, ids, lps, labels)
+}
+
+fn cases() -> Vec<(KdConfig, serde_json::Value)> {
+    let c = |loss, temperature, ce_weight| KdConfig {
+        loss,
+        temperature,
+        ce_weight,
+        vocab_chunk: 16,
+    };
+    vec![
+        (
+            c(KdLoss::ForwardKl, 1.0, 0.0),
+            serde_json::json!({"loss": "forward_kl", "temperature": 1.0, "ce_weight": 0.0}),
+        ),
+        (
+            c(KdLoss::ForwardKl, 2.0, 0.3),
+            serde_json::json!({"loss": "forward_kl", "temperature": 2.0, "ce_weight": 0.3}),
+        ),
+        (
+            c(KdLoss::ReverseKl, 1.0, 0.0),
+            serde_json::json!({"loss": "reverse_kl", "temperature": 1.0, "ce_weight": 0.0}),
+        ),
+        (
+            c(KdLoss::ReverseKl, 1.5, 0.5),
+            serde_json::json!({"loss": "reverse_kl", "temperature": 1.5, "ce_weight": 0.5}),
+        ),
+        (
+            c(KdLoss::Jsd { beta: 0.5 }, 1.0, 0.0),
+            serde_json::json!({"loss": "jsd", "beta": 0.5, "temperature": 1.0, "ce_weight": 0.0}),
+        ),
+        (
+            c(KdLoss::Jsd { beta: 0.1 }, 2.0, 0.0),
+            serde_json::json!({"loss": "jsd", "beta": 0.1, "temperature": 2.0, "ce_weight": 0.0}),
+        ),
+        (
+            c(KdLoss::SkewKl { alpha: 0.1 }, 1.0, 0.0),
+            serde_json::json!({"loss": "skew_kl", "alpha": 0.1, "temperature": 1.0, "ce_weight": 0.0}),
+        ),
+        (
+            c(KdLoss::Tvd, 1.0, 0.2),
+            serde_json::json!({"loss": "tvd", "temperature": 1.0, "ce_weight": 0.2}),
+        ),
+    ]
+}
+
+fn loss_and_grad(cfg: &KdConfig, device: &Device) -> (f32, f32, f32, Vec<f32>) {
+    let (logits, ids, lps, labels) = inputs();
+    let ad = device.clone().autodiff();
+    let x = Tensor::<3>::from_data(TensorData::new(logits, [B, T, V]), &ad).require_grad();
+    let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &ad);
+    let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [B, T]), &ad);
+    let out = kd_loss(x.clone(), &teacher, labels, cfg);
+    let grads = out.total.backward();
+    let g: Vec<f32> = x
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let s = |t: Tensor<1>| t.into_scalar::<f32>();
+    (s(out.total), s(out.kd), s(out.ce), g)
+}
+
+#[test]
+fn every_loss_matches_pytorch_in_value_and_gradient() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let (logits, ids, lps, labels) = inputs();
+    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let i64b = |v: &[i32]| {
+        v.iter()
+            .flat_map(|&x| (x as i64).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let (lb, ib, pb, yb) = (f32b(&logits), i64b(&ids), f32b(&lps), i64b(&labels));
+    let views = vec![
+        (
+            "logits".to_string(),
+            TensorView::new(Dtype::F32, vec![B, T, V], &lb).unwrap(),
+        ),
+        (
+            "ids".to_string(),
+            TensorView::new(Dtype::I64, vec![B, T, K], &ib).unwrap(),
+        ),
+        (
+            "logprobs".to_string(),
+            TensorView::new(Dtype::F32, vec![B, T, K], &pb).unwrap(),
+        ),
+        (
+            "labels".to_string(),
+            TensorView::new(Dtype::I64, vec![B, T], &yb).unwrap(),
+        ),
+    ];
+    let cases = cases();
+    let spec: Vec<serde_json::Value> = cases.iter().map(|c| c.1.clone()).collect();
+    let input = dir.path().join("in.safetensors");
+    let meta = HashMap::from([(
+        "cases".to_string(),
+        serde_json::Value::from(spec).to_string(),
+    )]);
+    safetensors::serialize_to_file(views, Some(meta), &input).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let out = std::process::Command::new(python())
+        .arg(root().join("tests/python/kd_reference.py"))
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&output).unwrap();
+    let reference = SafeTensors::deserialize(&bytes).unwrap();
+    let read = |name: &str| -> Vec<f32> {
+        reference
+            .tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let mut table = Vec::new();
+    for (i, (cfg, spec)) in cases.iter().enumerate() {
+        let (total, kd, ce, grad) = loss_and_grad(cfg, &device);
+        let (rt, rk, rc) = (
+            read(&format!("loss_{i}"))[0],
+            read(&format!("kd_{i}"))[0],
+            read(&format!("ce_{i}"))[0],
+        );
+        let rg = read(&format!("grad_{i}"));
+        let gdiff = grad
+            .iter()
+            .zip(&rg)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        table.push(format!(
+            "{spec}: total {total:.6} vs {rt:.6}, grad max diff {gdiff:.1e}"
+        ));
+        assert!(
+            (total - rt).abs() < 1e-5 && (kd - rk).abs() < 1e-5 && (ce - rc).abs() < 1e-5,
+            "{}",
+            table.join("\n")
+        );
+        assert!(gdiff < 1e-5, "{}", table.join("\n"));
+        assert!(
+            kd > 0.0,
+            "{spec}: a random student differs from the teacher"
+        );
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let device = Device::flex();
+    for cfg in [cases()[1].0.clone(), cases()[5].0.clone()] {
+        let (logits, ids, lps, labels) = inputs();
+        let (_, _, _, grad) = loss_and_grad(&cfg, &device);
+        let loss_at = |l: &[f32]| {
+            let x = Tensor::<3>::from_data(TensorData::new(l.to_vec(), [B, T, V]), &device);
+            let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &device);
+            let y = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &device);
+            kd_loss(x, &teacher, y, &cfg).total.into_scalar::<f64>()
+        };
+        // a teacher top-1 entry, a label entry, and an entry outside both
+        for idx in [ids[0] as usize, V + labels[1] as usize, 2 * V + 49] {
+            let h = 1e-2f32;
+            let (mut up, mut down) = (logits.clone(), logits.clone());
+            up[idx] += h;
+            down[idx] -= h;
+            let fd = (loss_at(&up) - loss_at(&down)) / (2.0 * h as f64);
+            assert!(
+                (fd - grad[idx] as f64).abs() < 2e-4 + 1e-2 * fd.abs(),
+                "{:?} index {idx}: fd {fd} vs autodiff {}",
+                cfg.loss,
+                grad[idx]
+            );
+        }
+    }
+}
