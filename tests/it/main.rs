@@ -2,6 +2,7 @@
 //! (tokenizer.json, Arrow shards, safetensors), with transformers as the reference.
 
 mod data;
+mod distill;
 mod errors;
 mod kd;
 mod record;

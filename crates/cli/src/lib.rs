@@ -33,6 +33,9 @@ enum Command {
     Tokenizer(tokenizer::TokenizerCommand),
     /// Train a student with cross-entropy on a prepared dataset.
     Train(train::TrainArgs),
+    /// Distil a student from a teacher: recorded logits (`[teacher] logits`) or a model run
+    /// in-process (`[teacher] model`), with the loss of `[distill]`.
+    Distill(train::TrainArgs),
     /// Validation loss and perplexity of a student on a prepared dataset, written as JSON.
     Eval(eval::EvalArgs),
     /// Sample text from a student.
@@ -54,7 +57,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Tokenizer(cmd) => tokenizer::run(cmd),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(args, false),
+        Command::Distill(args) => train::run(args, true),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Record(args) => record::run(args),

@@ -27,7 +27,7 @@ pub struct TrainArgs {
     backend: String,
 }
 
-pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+pub fn run(a: TrainArgs, distill: bool) -> anyhow::Result<()> {
     let mut overrides = a.overrides;
     if let Some(d) = a.dataset {
         overrides.push(format!("data.dataset={}", toml_str(&d)));
@@ -39,6 +39,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         overrides.push(format!("train.max_steps={s}"));
     }
     let cfg = load_config(a.config.as_deref(), &overrides)?;
+    if distill && cfg.teacher.is_none() {
+        anyhow::bail!(
+            "`ember distill` needs a [teacher] section (logits = <recorded dir> or model = <hf dir>); use `ember train` for cross-entropy only"
+        );
+    }
     let summary = train(&cfg, &device(&a.backend)?)?;
     println!(
         "trained {} params for {} steps ({} tokens) at {:.0} tokens/s; validation loss {:.4}, perplexity {:.2} (unigram baseline {:.2}); model in {}",
@@ -51,6 +56,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         summary.unigram_validation_perplexity,
         summary.model_dir.display()
     );
+    if let Some(kd) = &summary.validation_kd {
+        println!(
+            "validation KL to teacher {:.4}, top-1 agreement {:.3}",
+            kd.kl, kd.top1_agreement
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,31 @@ pub struct TrainConfig {
     pub model: ModelSection,
     #[serde(default)]
     pub train: TrainSection,
+    /// Set to distil: where teacher distributions come from.
+    #[serde(default)]
+    pub teacher: Option<TeacherSection>,
+    /// Distillation loss (used when `[teacher]` is set).
+    #[serde(default)]
+    pub distill: Option<crate::KdConfig>,
+}
+
+/// The teacher of a distillation run: recorded logits (offline) or a model (online).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSection {
+    /// Directory written by `ember record` (or `ember import`) for the train split.
+    pub logits: Option<PathBuf>,
+    /// Recorded logits of the validation split, for KL/agreement during evaluation.
+    pub validation_logits: Option<PathBuf>,
+    /// HF model directory run in-process (online distillation).
+    pub model: Option<PathBuf>,
+    /// Top-k kept from the online teacher's distribution.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

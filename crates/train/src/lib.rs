@@ -4,14 +4,19 @@
 //! gradient accumulation, global-norm clipping, warmup+cosine learning rate,
 //! step-level checkpoints that a killed run resumes from, metrics as JSON lines.
 
+mod batches;
 mod config;
+mod distill;
 mod error;
 mod eval;
 mod kd;
 mod loss;
 mod trainer;
 
-pub use config::{DataSection, ModelSection, TrainConfig, TrainSection, load_config};
+pub use config::{
+    DataSection, ModelSection, TeacherSection, TrainConfig, TrainSection, load_config,
+};
+pub use distill::KdEval;
 pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
 pub use kd::{KdConfig, KdLoss, KdOutput, TeacherTargets, chunked_logsumexp, kd_loss};

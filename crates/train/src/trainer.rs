@@ -17,11 +17,11 @@ use burn::prelude::*;
 use ember_data::{Split, TokenDataset};
 use ember_student::{Student, StudentConfig, save_hf};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::{EvalReport, TrainConfig, TrainError, cross_entropy, evaluate, next_token_batch};
+pub use crate::distill::KdEval;
+use crate::distill::{agreement, build_source, evaluate_kd};
+use crate::{EvalReport, TrainConfig, TrainError, cross_entropy, evaluate, kd_loss};
 
 /// What a finished run reports (also written to `<out_dir>/summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +33,8 @@ pub struct TrainSummary {
     pub tokens_per_second: f64,
     pub final_train_loss: f64,
     pub validation: EvalReport,
+    /// Forward KL to the teacher and top-1 agreement on validation (distillation runs).
+    pub validation_kd: Option<KdEval>,
     pub unigram_validation_perplexity: f64,
     pub num_params: usize,
     pub model_dir: PathBuf,
@@ -65,7 +67,8 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let t = &cfg.train;
     let train_data = TokenDataset::open(&cfg.data.dataset, Split::Train)?;
     let valid_data = TokenDataset::open(&cfg.data.dataset, Split::Validation)?;
-    let manifest = &train_data.manifest;
+    let manifest = train_data.manifest.clone();
+    let manifest = &manifest;
     let student_cfg = cfg
         .model
         .resolve(manifest.vocab_size)
@@ -154,7 +157,20 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
 
     let seq_len = train_data.seq_len();
     let tokens_per_row = (seq_len - 1) as u64;
-    let mut perm = permutation(train_data.len(), t.seed, state.epoch);
+    let kd = cfg.distill.clone().unwrap_or_default();
+    let (mut source, valid_teacher) = build_source(cfg, train_data, device)?;
+    if source.len() < t.batch_size {
+        return Err(TrainError::Config {
+            path: cfg.data.dataset.clone(),
+            message: format!(
+                "{} training rows, fewer than one batch of {}",
+                source.len(),
+                t.batch_size
+            ),
+        });
+    }
+    source.start_epoch(t.seed, state.epoch);
+    let distilling = cfg.teacher.is_some();
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,23 +201,59 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let (mut window_loss, mut window_steps, mut window_start, mut window_tokens) =
         (0.0f64, 0usize, Instant::now(), 0u64);
     let mut last_loss = f64::NAN;
+    let (mut window_kd, mut window_ce, mut window_top1) = (0.0f64, 0.0f64, 0.0f64);
+    if state.step == 0 && t.eval_every > 0 {
+        // the starting point of the validation curves
+        let report = evaluate(
+            &model.valid(),
+            &valid_data,
+            t.batch_size,
+            t.eval_batches,
+            device,
+        );
+        let kd_report = valid_teacher.as_ref().map(|v| {
+            evaluate_kd(
+                &model.valid(),
+                v,
+                &valid_data,
+                t.batch_size,
+                t.eval_batches,
+                device,
+            )
+        });
+        log_eval(&mut metrics, out, &state, &report, kd_report.as_ref())?;
+        window_start = Instant::now();
+    }
     while state.step < t.max_steps {
         let lr = lr_at(state.step, t.warmup_steps, t.max_steps, t.lr, t.min_lr);
         let mut accum = GradientsAccumulator::<Student>::new();
         let mut step_loss = 0.0f64;
         for _ in 0..t.grad_accum {
-            if state.cursor + t.batch_size > perm.len() {
+            if state.cursor + t.batch_size > source.len() {
                 state.epoch += 1;
                 state.cursor = 0;
-                perm = permutation(train_data.len(), t.seed, state.epoch);
+                source.start_epoch(t.seed, state.epoch);
             }
-            let rows: Vec<i32> = perm[state.cursor..state.cursor + t.batch_size]
-                .iter()
-                .flat_map(|&r| train_data.row(r).iter().copied())
-                .collect();
+            let batch = source.batch(
+                state.cursor,
+                t.batch_size,
+                student_cfg.vocab_size,
+                kd.temperature,
+                &ad,
+            )?;
             state.cursor += t.batch_size;
-            let (inputs, targets) = next_token_batch(&rows, seq_len, &ad);
-            let loss = cross_entropy(model.forward(inputs), targets);
+            let logits = model.forward(batch.inputs);
+            let loss = match &batch.teacher {
+                Some(teacher) => {
+                    let top1 = agreement(&logits, &teacher.top1);
+                    let out = kd_loss(logits, teacher, batch.targets, &kd);
+                    window_kd += out.kd.clone().into_scalar::<f64>() / t.grad_accum as f64;
+                    window_ce += out.ce.clone().into_scalar::<f64>() / t.grad_accum as f64;
+                    window_top1 += top1 / t.grad_accum as f64;
+                    out.total
+                }
+                None => cross_entropy(logits, batch.targets),
+            };
             let grads = loss.clone().div_scalar(t.grad_accum as f64).backward();
             accum.accumulate(&model, GradientsParams::from_grads(grads, &model));
             step_loss += loss.into_scalar::<f64>() / t.grad_accum as f64;
@@ -219,11 +271,20 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         if state.step % t.log_every == 0 || state.step == t.max_steps {
             let loss = window_loss / window_steps as f64;
             let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64();
-            let row = serde_json::json!({
+            let mut row = serde_json::json!({
                 "step": state.step, "split": "train", "tokens": state.tokens, "loss": loss,
                 "perplexity": loss.exp(), "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tps,
                 "elapsed_seconds": start.elapsed().as_secs_f64(),
             });
+            if distilling {
+                let n = window_steps as f64;
+                let ce = window_ce / n;
+                row["kd_loss"] = (window_kd / n).into();
+                row["ce"] = ce.into();
+                row["perplexity"] = ce.exp().into();
+                row["top1_agreement"] = (window_top1 / n).into();
+                (window_kd, window_ce, window_top1) = (0.0, 0.0, 0.0);
+            }
             append_line(&mut metrics, &out.join("metrics.jsonl"), &row)?;
             bar.set_message(format!("loss {loss:.3} | lr {lr:.2e} | {tps:.0} tok/s"));
             if bar.is_hidden() {
@@ -243,10 +304,28 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                 t.eval_batches,
                 device,
             );
-            log_eval(&mut metrics, out, &state, &report)?;
+            let kd_report = valid_teacher.as_ref().map(|v| {
+                evaluate_kd(
+                    &model.valid(),
+                    v,
+                    &valid_data,
+                    t.batch_size,
+                    t.eval_batches,
+                    device,
+                )
+            });
+            log_eval(&mut metrics, out, &state, &report, kd_report.as_ref())?;
             say(format!(
-                "step {:>6}  validation loss {:.4}  ppl {:.2}",
-                state.step, report.loss, report.perplexity
+                "step {:>6}  validation loss {:.4}  ppl {:.2}{}",
+                state.step,
+                report.loss,
+                report.perplexity,
+                kd_report
+                    .map(|k| format!(
+                        "  KL to teacher {:.4}  top-1 agreement {:.3}",
+                        k.kl, k.top1_agreement
+                    ))
+                    .unwrap_or_default()
             ));
             window_start = Instant::now();
         }
@@ -259,7 +338,16 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
 
     let valid_model = model.valid();
     let validation = evaluate(&valid_model, &valid_data, t.batch_size, 0, device);
-    log_eval(&mut metrics, out, &state, &validation)?;
+    let validation_kd = valid_teacher
+        .as_ref()
+        .map(|v| evaluate_kd(&valid_model, v, &valid_data, t.batch_size, 0, device));
+    log_eval(
+        &mut metrics,
+        out,
+        &state,
+        &validation,
+        validation_kd.as_ref(),
+    )?;
     let model_dir = out.join("model");
     save_hf(&valid_model, &student_cfg, &model_dir, t.save_dtype)?;
     let tokenizer = cfg.data.dataset.join(&manifest.tokenizer_file);
@@ -277,6 +365,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         tokens_per_second: trained_tokens as f64 / seconds.max(1e-9),
         final_train_loss: last_loss,
         validation,
+        validation_kd,
         unigram_validation_perplexity: manifest.unigram.validation_perplexity,
         num_params: student_cfg.num_params(),
         model_dir,
@@ -303,16 +392,6 @@ fn adamw(cfg: &TrainConfig) -> ModuleOptimizer {
         .with_weight_decay(t.weight_decay as f32)
         .init()
         .with_group(no_decay, base.with_weight_decay(0.0).build(), None)
-}
-
-/// The row order of `epoch`: a fresh shuffle seeded by (seed, epoch).
-fn permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..n).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(
-        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    perm.shuffle(&mut rng);
-    perm
 }
 
 /// Scale all gradients so that their global L2 norm is at most `max_norm` (0 = no clipping).
@@ -479,11 +558,16 @@ fn log_eval(
     out: &Path,
     state: &RunState,
     r: &EvalReport,
+    kd: Option<&KdEval>,
 ) -> Result<(), TrainError> {
-    let row = serde_json::json!({
+    let mut row = serde_json::json!({
         "step": state.step, "split": "validation", "tokens": state.tokens, "loss": r.loss,
         "perplexity": r.perplexity, "eval_tokens": r.tokens,
     });
+    if let Some(kd) = kd {
+        row["kl_to_teacher"] = kd.kl.into();
+        row["top1_agreement"] = kd.top1_agreement.into();
+    }
     append_line(metrics, &out.join("metrics.jsonl"), &row)
 }
 
@@ -513,6 +597,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batches::permutation;
 
     #[test]
     fn lr_schedule_warms_up_then_decays_to_min() {
@@ -527,9 +612,10 @@ mod tests {
 
     #[test]
     fn permutations_differ_per_epoch_and_repeat_per_seed() {
-        let a = permutation(100, 1, 0);
-        assert_eq!(a, permutation(100, 1, 0));
-        assert_ne!(a, permutation(100, 1, 1));
+        let a = permutation(100, 1, 0, 0);
+        assert_eq!(a, permutation(100, 1, 0, 0));
+        assert_ne!(a, permutation(100, 1, 1, 0));
+        assert_ne!(a, permutation(100, 1, 0, 1));
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());

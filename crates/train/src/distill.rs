@@ -1,0 +1,224 @@
+//! Distillation-specific parts of a run: choosing the batch source from the recipe,
+//! vocabulary checks, and validation against the teacher (KL and top-1 agreement).
+
+use std::rc::Rc;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use ember_data::{LogitsRow, TokenDataset, load_tokenizer, tokenizer_hash};
+use ember_student::Student;
+use ember_teacher::load_teacher;
+use serde::{Deserialize, Serialize};
+
+use crate::batches::{LogitsStream, OnlineTeacher, Source, online_targets, targets_from_rows};
+use crate::{KdConfig, KdLoss, TrainConfig, TrainError, kd_loss, next_token_batch};
+
+/// Student against teacher on validation data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KdEval {
+    /// Forward KL(teacher || student) at temperature 1 over the top-k + tail, nats per position.
+    pub kl: f64,
+    /// Share of positions where the student's argmax is the teacher's most likely token.
+    pub top1_agreement: f64,
+    pub positions: u64,
+}
+
+/// What validation compares the student with.
+pub enum ValidTeacher {
+    Offline(Vec<LogitsRow>),
+    Online(Rc<OnlineTeacher>),
+}
+
+/// The error every tokenizer mismatch gets, with the fix.
+fn tokenizer_mismatch(
+    what: &str,
+    theirs: &str,
+    dataset: &std::path::Path,
+    ours: &str,
+) -> TrainError {
+    TrainError::Vocab(format!(
+        "{what} was made with tokenizer {} but dataset {} with {}: the student would learn another vocabulary's ids. \\
+         Distill only between models that share a tokenizer: prepare the dataset with the teacher's tokenizer.json \\
+         (`ember data prepare --tokenizer <teacher>/tokenizer.json`) and record the logits on that dataset",
+        &theirs[..theirs.len().min(12)],
+        dataset.display(),
+        &ours[..ours.len().min(12)]
+    ))
+}
+
+/// Batches for the recipe: token rows, recorded logits, or an in-process teacher.
+pub fn build_source(
+    cfg: &TrainConfig,
+    train: TokenDataset,
+    device: &Device,
+) -> Result<(Source, Option<ValidTeacher>), TrainError> {
+    let Some(teacher) = &cfg.teacher else {
+        return Ok((
+            Source::Tokens {
+                data: train,
+                perm: Vec::new(),
+            },
+            None,
+        ));
+    };
+    let ours = train.manifest.tokenizer_sha256.clone();
+    let dataset = &cfg.data.dataset;
+    match (&teacher.logits, &teacher.model) {
+        (Some(dir), None) => {
+            let stream = LogitsStream::open(dir)?;
+            if stream.manifest.meta.tokenizer_sha256 != ours {
+                return Err(tokenizer_mismatch(
+                    &format!("teacher logits {}", dir.display()),
+                    &stream.manifest.meta.tokenizer_sha256,
+                    dataset,
+                    &ours,
+                ));
+            }
+            let valid = match &teacher.validation_logits {
+                Some(vdir) => {
+                    let v = LogitsStream::open(vdir)?;
+                    if v.manifest.meta.tokenizer_sha256 != ours {
+                        return Err(tokenizer_mismatch(
+                            &format!("teacher logits {}", vdir.display()),
+                            &v.manifest.meta.tokenizer_sha256,
+                            dataset,
+                            &ours,
+                        ));
+                    }
+                    Some(ValidTeacher::Offline(v.all_rows()?))
+                }
+                None => None,
+            };
+            Ok((Source::Offline(stream), valid))
+        }
+        (None, Some(dir)) => {
+            let tok = dir.join("tokenizer.json");
+            if tok.is_file() {
+                let theirs = tokenizer_hash(&load_tokenizer(&tok)?, &tok)?.sha256;
+                if theirs != ours {
+                    return Err(tokenizer_mismatch(
+                        &format!("teacher {}", dir.display()),
+                        &theirs,
+                        dataset,
+                        &ours,
+                    ));
+                }
+            }
+            let model = load_teacher(dir, device, DType::F32).map_err(|e| TrainError::Config {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+            if model.vocab_size() < train.manifest.vocab_size {
+                return Err(TrainError::Vocab(format!(
+                    "teacher {} has {} output ids, fewer than the dataset tokenizer's {}",
+                    dir.display(),
+                    model.vocab_size(),
+                    train.manifest.vocab_size
+                )));
+            }
+            let online = Rc::new(OnlineTeacher {
+                teacher: model,
+                device: device.clone(),
+                top_k: teacher.top_k,
+            });
+            Ok((
+                Source::Online {
+                    data: train,
+                    perm: Vec::new(),
+                    teacher: online.clone(),
+                },
+                Some(ValidTeacher::Online(online)),
+            ))
+        }
+        _ => Err(TrainError::Config {
+            path: "[teacher]".into(),
+            message:
+                "set exactly one of teacher.logits (offline, recorded) or teacher.model (online)"
+                    .into(),
+        }),
+    }
+}
+
+/// Share of positions where the student's argmax equals the teacher's top-1.
+pub fn agreement(logits: &Tensor<3>, teacher_top1: &[i32]) -> f64 {
+    let am: Vec<i64> = logits
+        .clone()
+        .argmax(2)
+        .into_data()
+        .try_into_vec_as::<i64>()
+        .expect("int argmax");
+    let hits = am
+        .iter()
+        .zip(teacher_top1)
+        .filter(|(a, b)| **a == **b as i64)
+        .count();
+    hits as f64 / teacher_top1.len().max(1) as f64
+}
+
+/// KL to the teacher and top-1 agreement over the first `max_batches` validation batches (0 = all).
+pub fn evaluate_kd(
+    student: &Student,
+    teacher: &ValidTeacher,
+    valid: &TokenDataset,
+    batch_size: usize,
+    max_batches: usize,
+    device: &Device,
+) -> KdEval {
+    let cfg = KdConfig {
+        loss: KdLoss::ForwardKl,
+        temperature: 1.0,
+        ce_weight: 0.0,
+        ..KdConfig::default()
+    };
+    let vocab = student.vocab_size();
+    let n_rows = match teacher {
+        ValidTeacher::Offline(rows) => rows.len(),
+        ValidTeacher::Online(_) => valid.len(),
+    };
+    let mut batches = n_rows.div_ceil(batch_size);
+    if max_batches > 0 {
+        batches = batches.min(max_batches);
+    }
+    let (mut kl, mut top1, mut positions) = (0.0f64, 0.0f64, 0u64);
+    for i in 0..batches {
+        let (start, end) = (i * batch_size, ((i + 1) * batch_size).min(n_rows));
+        let (inputs, targets, teacher_targets) = match teacher {
+            ValidTeacher::Offline(rows) => {
+                let refs: Vec<&LogitsRow> = rows[start..end].iter().collect();
+                let t = refs[0].input_ids.len();
+                let flat: Vec<i32> = refs
+                    .iter()
+                    .flat_map(|r| r.input_ids.iter().copied())
+                    .collect();
+                let (x, y) = next_token_batch(&flat, t, device);
+                let k = refs[0].topk_ids.len() / t;
+                (x, y, targets_from_rows(&refs, k, vocab, 1.0, device))
+            }
+            ValidTeacher::Online(online) => {
+                let flat: Vec<i32> = (start..end)
+                    .flat_map(|r| valid.row(r).iter().copied())
+                    .collect();
+                let (x, y) = next_token_batch(&flat, valid.seq_len(), device);
+                (
+                    x,
+                    y,
+                    online_targets(online, &flat, valid.seq_len(), vocab, 1.0, device),
+                )
+            }
+        };
+        let logits = student.forward(inputs);
+        let n = teacher_targets.top1.len() as u64;
+        top1 += agreement(&logits, &teacher_targets.top1) * n as f64;
+        kl += kd_loss(logits, &teacher_targets, targets, &cfg)
+            .kd
+            .into_scalar::<f64>()
+            * n as f64;
+        positions += n;
+    }
+    let p = positions.max(1) as f64;
+    KdEval {
+        kl: kl / p,
+        top1_agreement: top1 / p,
+        positions,
+    }
+}
