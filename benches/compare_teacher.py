@@ -67,7 +67,7 @@ if ember is None:
     subprocess.run(["cargo", "build", "--quiet", "--bin", "ember"], cwd=root, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
     ember = os.path.join(target, "debug", "ember")
-out = subprocess.run([ember, "bench", "--model", d, "--batch-size", str(a.batch), "--seq-len", str(a.seq),
+out = subprocess.run([ember, "bench", "teacher", "--model", d, "--batch-size", str(a.batch), "--seq-len", str(a.seq),
                       "--iters", str(a.iters)], check=True, capture_output=True, text=True).stdout
 em = json.loads(out.strip().splitlines()[-1])
 tok = a.batch * a.seq

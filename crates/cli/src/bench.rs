@@ -1,12 +1,103 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::DType;
-use clap::Args;
+use clap::{Args, Subcommand};
+use ember_student::{Student, StudentConfig};
 use ember_teacher::load_teacher;
+use ember_train::{KdConfig, TeacherTargets, kd_loss};
 
 use crate::util::device;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Teacher forward throughput on random ids.
+    Teacher(BenchArgs),
+    /// One distillation training step of a student (forward, top-k KL, backward, AdamW).
+    KdStep(KdStepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KdStepArgs {
+    /// Student preset.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 4096)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Positions per sequence.
+    #[arg(long, default_value_t = 255)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 32)]
+    top_k: usize,
+    /// Timed steps (after two warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Teacher(a) => teacher(a),
+        BenchCommand::KdStep(a) => kd_step(a),
+    }
+}
+
+/// Same shapes and loss as benches/compare_kd_step.py; prints one JSON line.
+fn kd_step(a: KdStepArgs) -> anyhow::Result<()> {
+    let device = device(&a.backend)?;
+    let cfg = StudentConfig::preset(&a.preset, a.vocab_size)
+        .ok_or_else(|| anyhow::anyhow!("unknown preset {}", a.preset))?;
+    let ad = device.clone().autodiff();
+    device.seed(0);
+    let mut model = cfg.init(&ad);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
+    let (b, t, k, v) = (a.batch_size, a.seq_len, a.top_k, a.vocab_size);
+    let ids: Vec<i32> = (0..b * t).map(|i| ((i * 7919 + 13) % v) as i32).collect();
+    let labels: Vec<i32> = (0..b * t).map(|i| ((i * 104729 + 7) % v) as i32).collect();
+    // teacher: k distinct ids per position with a geometric distribution holding 90% of the mass
+    let tids: Vec<i32> = (0..b * t * k)
+        .map(|i| (((i / k) * 31 + (i % k) * 97) % v) as i32)
+        .collect();
+    let tlp: Vec<f32> = (0..b * t * k)
+        .map(|i| ((0.9f64 * 0.5f64.powi((i % k) as i32 + 1)).ln()) as f32)
+        .collect();
+    let kd = KdConfig::default();
+    let step = |model: Student, optim: &mut burn::optim::ModuleOptimizer| {
+        let x = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &ad);
+        let y = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [b, t]), &ad);
+        let targets = TeacherTargets::new(&tids, &tlp, b, t, k, v, 1.0, &ad);
+        let out = kd_loss(model.forward(x), &targets, y, &kd);
+        let loss = out.total.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(out.total.backward(), &model);
+        (optim.step(1e-3, model, grads), loss)
+    };
+    for _ in 0..2 {
+        model = step(model, &mut optim).0;
+    }
+    let mut times = Vec::with_capacity(a.iters);
+    let mut loss = 0.0;
+    for _ in 0..a.iters {
+        let start = Instant::now();
+        (model, loss) = step(model, &mut optim);
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "preset": a.preset, "params": cfg.num_params(), "batch_size": b, "seq_len": t, "top_k": k,
+            "median_step_seconds": median, "tokens_per_second": (b * t) as f64 / median, "last_loss": loss,
+        })
+    );
+    Ok(())
+}
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -28,7 +119,7 @@ pub struct BenchArgs {
 }
 
 /// Teacher forward throughput on random token ids; prints one JSON line.
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+fn teacher(a: BenchArgs) -> anyhow::Result<()> {
     let device = device(&a.backend)?;
     let load = Instant::now();
     let teacher = load_teacher(&a.model, &device, DType::F32)?;

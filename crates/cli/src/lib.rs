@@ -45,8 +45,9 @@ enum Command {
     /// Import teacher logits captured by other tools (DistillKit).
     #[command(subcommand)]
     Import(import::ImportCommand),
-    /// Measure teacher forward throughput (tokens/s) on random ids.
-    Bench(bench::BenchArgs),
+    /// Throughput benchmarks (teacher forward, distillation step).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Serve a model over HTTP: OpenAI/vLLM `/v1/completions` (prompt_logprobs) and SGLang `/generate`.
     Serve(serve::ServeArgs),
 }
@@ -63,7 +64,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Record(args) => record::run(args),
         Command::Serve(args) => serve::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Import(cmd) => import::run(cmd),
     };
     match result {

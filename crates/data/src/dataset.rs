@@ -98,6 +98,12 @@ impl TokenDataset {
         self.tokens.is_empty()
     }
 
+    /// Keep only the first `rows` rows.
+    pub fn truncate(&mut self, rows: usize) {
+        let t = self.seq_len();
+        self.tokens.truncate(rows * t);
+    }
+
     /// Row `i` as token ids.
     pub fn row(&self, i: usize) -> &[i32] {
         let t = self.seq_len();

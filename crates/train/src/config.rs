@@ -48,6 +48,9 @@ fn default_top_k() -> usize {
 pub struct DataSection {
     /// Prepared dataset directory (from `ember data prepare`).
     pub dataset: PathBuf,
+    /// Train on the first N rows of the train split only (e.g. the rows a teacher was recorded on).
+    #[serde(default)]
+    pub max_train_rows: Option<usize>,
 }
 
 /// A preset plus optional overrides of its fields.

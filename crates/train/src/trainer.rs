@@ -65,7 +65,10 @@ pub fn lr_at(step: usize, warmup: usize, total: usize, peak: f64, min: f64) -> f
 /// is enabled here).
 pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainError> {
     let t = &cfg.train;
-    let train_data = TokenDataset::open(&cfg.data.dataset, Split::Train)?;
+    let mut train_data = TokenDataset::open(&cfg.data.dataset, Split::Train)?;
+    if let Some(n) = cfg.data.max_train_rows {
+        train_data.truncate(n);
+    }
     let valid_data = TokenDataset::open(&cfg.data.dataset, Split::Validation)?;
     let manifest = train_data.manifest.clone();
     let manifest = &manifest;
@@ -288,10 +291,20 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             append_line(&mut metrics, &out.join("metrics.jsonl"), &row)?;
             bar.set_message(format!("loss {loss:.3} | lr {lr:.2e} | {tps:.0} tok/s"));
             if bar.is_hidden() {
+                let detail = match (
+                    row["kd_loss"].as_f64(),
+                    row["ce"].as_f64(),
+                    row["top1_agreement"].as_f64(),
+                ) {
+                    (Some(kd), Some(ce), Some(a)) => format!(
+                        "kd {kd:.4}  ce {ce:.4}  ppl {:>8.2}  top-1 {a:.3}",
+                        ce.exp()
+                    ),
+                    _ => format!("ppl {:>8.2}", loss.exp()),
+                };
                 say(format!(
-                    "step {:>6}  loss {loss:.4}  ppl {:>8.2}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s",
-                    state.step,
-                    loss.exp()
+                    "step {:>6}  loss {loss:.4}  {detail}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s",
+                    state.step
                 ));
             }
             (window_loss, window_steps, window_start, window_tokens) = (0.0, 0, Instant::now(), 0);
