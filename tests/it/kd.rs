@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use burn::prelude::*;
-use ember_train::{KdConfig, KdLoss, TeacherTargets, kd_loss};
+use ember_train::{KdConfig, KdLoss, TailMode, TeacherTargets, kd_loss};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::{python, root};
@@ -56,8 +56,21 @@ fn cases() -> Vec<(KdConfig, serde_json::Value)> {
         temperature,
         ce_weight,
         vocab_chunk: 16,
+        tail: TailMode::Bucket,
+    };
+    let uniform = |temperature| KdConfig {
+        tail: TailMode::Uniform,
+        ..c(KdLoss::ForwardKl, temperature, 0.0)
     };
     vec![
+        (
+            uniform(1.0),
+            serde_json::json!({"loss": "forward_kl", "tail": "uniform", "temperature": 1.0, "ce_weight": 0.0}),
+        ),
+        (
+            uniform(2.0),
+            serde_json::json!({"loss": "forward_kl", "tail": "uniform", "temperature": 2.0, "ce_weight": 0.0}),
+        ),
         (
             c(KdLoss::ForwardKl, 1.0, 0.0),
             serde_json::json!({"loss": "forward_kl", "temperature": 1.0, "ce_weight": 0.0}),
@@ -206,7 +219,11 @@ fn every_loss_matches_pytorch_in_value_and_gradient() {
 #[test]
 fn gradients_match_finite_differences() {
     let device = Device::flex();
-    for cfg in [cases()[1].0.clone(), cases()[5].0.clone()] {
+    for cfg in [
+        cases()[0].0.clone(),
+        cases()[3].0.clone(),
+        cases()[7].0.clone(),
+    ] {
         let (logits, ids, lps, labels) = inputs();
         let (_, _, _, grad) = loss_and_grad(&cfg, &device);
         let loss_at = |l: &[f32]| {

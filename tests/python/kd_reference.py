@@ -44,7 +44,16 @@ for i, c in enumerate(cases):
     def kl(a, b):
         return torch.where(a > 0, a * (a.clamp_min(EPS).log() - b.clamp_min(EPS).log()), torch.zeros_like(a)).sum(-1)
     name = c["loss"]
-    if name == "forward_kl":
+    if name == "forward_kl" and c.get("tail") == "uniform":
+        # dense teacher: top-k where valid, tail mass spread uniformly over the other student tokens
+        p_top = w / Z
+        m = V - valid.sum(-1, keepdim=True)
+        u = (tail_w / Z) / m
+        # scatter_add of (p - u) on valid entries only: padding slots (id 0) add nothing
+        dense = u.expand(*u.shape[:-1], V) + torch.zeros(*u.shape[:-1], V, dtype=u.dtype).scatter_add(
+            -1, safe_ids, torch.where(valid, p_top - u, torch.zeros_like(p_top)))
+        per = (torch.where(dense > 0, dense * (dense.clamp_min(EPS).log() - logq_full), torch.zeros_like(dense))).sum(-1)
+    elif name == "forward_kl":
         per = kl(P, Q)
     elif name == "reverse_kl":
         per = kl(Q, P)

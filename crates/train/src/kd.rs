@@ -36,6 +36,19 @@ pub enum KdLoss {
     Tvd,
 }
 
+/// What the teacher's tail (mass outside its top-k) asks of the student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TailMode {
+    /// The tail is one outcome: the student must put the same total mass outside the top-k,
+    /// but how it spreads that mass is free.
+    #[default]
+    Bucket,
+    /// The tail mass is spread uniformly over the other tokens of the vocabulary (forward KL
+    /// only), so the student is also asked not to pile it onto a few wrong tokens.
+    Uniform,
+}
+
 /// Distillation objective settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +59,8 @@ pub struct KdConfig {
     pub ce_weight: f64,
     /// Vocabulary chunk of the student's log-sum-exp.
     pub vocab_chunk: usize,
+    /// Treatment of the teacher's tail.
+    pub tail: TailMode,
 }
 
 impl Default for KdConfig {
@@ -55,6 +70,7 @@ impl Default for KdConfig {
             temperature: 1.0,
             ce_weight: 0.0,
             vocab_chunk: 32768,
+            tail: TailMode::Bucket,
         }
     }
 }
@@ -186,7 +202,7 @@ pub fn kd_loss(
         student_logits.clone().div_scalar(temp)
     };
     let lse = chunked_logsumexp(z.clone(), cfg.vocab_chunk);
-    let logq = z.gather(2, teacher.ids.clone()) - lse.clone();
+    let logq = z.clone().gather(2, teacher.ids.clone()) - lse.clone();
     let q = logq.clone().exp() * teacher.valid.clone();
     // student tail from its own top-k mass; clamped so its log stays finite
     let q_tail = (q.clone().sum_dim(2).neg() + 1.0).clamp(EPS, 1.0);
@@ -197,22 +213,33 @@ pub fn kd_loss(
     let p_tail = teacher.tail.clone();
     let logp_tail = p_tail.clone().clamp_min(EPS).log();
 
-    let per_pos: Tensor<3> = match cfg.loss {
-        KdLoss::ForwardKl => kl(p, logp, logq) + kl(p_tail, logp_tail, logq_tail),
-        KdLoss::ReverseKl => kl(q, logq, logp) + kl(q_tail, logq_tail, logp_tail),
-        KdLoss::Jsd { beta } => {
+    let per_pos: Tensor<3> = match (cfg.loss, cfg.tail) {
+        (KdLoss::ForwardKl, TailMode::Uniform) => {
+            // teacher tail spread over the m student tokens outside its top-k:
+            // sum_{j not in S} u (log u - log q_j) = p_tail log u - u (sum_all log q - sum_S log q)
+            let v = z.dims()[2] as f64;
+            let valid = teacher.valid.clone();
+            let m = valid.clone().sum_dim(2).neg() + v;
+            let u = p_tail.clone() / m;
+            let sum_all = z.clone().sum_dim(2) - lse.clone().mul_scalar(v);
+            let sum_s = (logq.clone() * valid).sum_dim(2);
+            kl(p, logp, logq) + p_tail * u.clone().clamp_min(EPS).log() - u * (sum_all - sum_s)
+        }
+        (KdLoss::ForwardKl, _) => kl(p, logp, logq) + kl(p_tail, logp_tail, logq_tail),
+        (KdLoss::ReverseKl, _) => kl(q, logq, logp) + kl(q_tail, logq_tail, logp_tail),
+        (KdLoss::Jsd { beta }, _) => {
             let m = p.clone().mul_scalar(beta) + q.clone().mul_scalar(1.0 - beta);
             let m_tail = p_tail.clone().mul_scalar(beta) + q_tail.clone().mul_scalar(1.0 - beta);
             let (logm, logm_tail) = (m.clamp_min(EPS).log(), m_tail.clamp_min(EPS).log());
             (kl(p, logp, logm.clone()) + kl(p_tail, logp_tail, logm_tail.clone())).mul_scalar(beta)
                 + (kl(q, logq, logm) + kl(q_tail, logq_tail, logm_tail)).mul_scalar(1.0 - beta)
         }
-        KdLoss::SkewKl { alpha } => {
+        (KdLoss::SkewKl { alpha }, _) => {
             let m = p.clone().mul_scalar(alpha) + q.mul_scalar(1.0 - alpha);
             let m_tail = p_tail.clone().mul_scalar(alpha) + q_tail.mul_scalar(1.0 - alpha);
             kl(p, logp, m.clamp_min(EPS).log()) + kl(p_tail, logp_tail, m_tail.clamp_min(EPS).log())
         }
-        KdLoss::Tvd => ((p - q).abs().sum_dim(2) + (p_tail - q_tail).abs()).mul_scalar(0.5),
+        (KdLoss::Tvd, _) => ((p - q).abs().sum_dim(2) + (p_tail - q_tail).abs()).mul_scalar(0.5),
     };
     let kd = per_pos.mean().mul_scalar(temp * temp);
     // cross-entropy on the hard labels at temperature 1

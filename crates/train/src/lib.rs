@@ -19,6 +19,6 @@ pub use config::{
 pub use distill::KdEval;
 pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
-pub use kd::{KdConfig, KdLoss, KdOutput, TeacherTargets, chunked_logsumexp, kd_loss};
+pub use kd::{KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss};
 pub use loss::{cross_entropy, next_token_batch};
 pub use trainer::{TrainSummary, lr_at, train};
