@@ -49,3 +49,35 @@ pub fn tmp_path(path: &std::path::Path) -> std::path::PathBuf {
     name.push(".tmp");
     path.with_file_name(name)
 }
+
+/// Write one record batch of `columns` as an Arrow IPC file at `path`, atomically
+/// (temporary file, fsync, rename).
+pub(crate) fn write_ipc_atomic(
+    path: &std::path::Path,
+    schema: std::sync::Arc<arrow::datatypes::Schema>,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> Result<(), DataError> {
+    let arrow_err = |source| DataError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    };
+    let batch =
+        arrow::record_batch::RecordBatch::try_new(schema.clone(), columns).map_err(arrow_err)?;
+    let tmp = tmp_path(path);
+    let file = std::fs::File::create(&tmp).map_err(|source| DataError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    let mut writer = arrow::ipc::writer::FileWriter::try_new(file, &schema).map_err(arrow_err)?;
+    writer.write(&batch).map_err(arrow_err)?;
+    writer.finish().map_err(arrow_err)?;
+    let file = writer.into_inner().map_err(arrow_err)?;
+    file.sync_all().map_err(|source| DataError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -22,11 +22,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
-use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, Split, tmp_path, write_atomic};
+use crate::{DataError, Split, write_atomic, write_ipc_atomic};
 
 /// Version of the logits format.
 pub const LOGITS_FORMAT_VERSION: u32 = 1;
@@ -260,24 +258,7 @@ pub fn write_logits_shard(
         Arc::new(topk_ids),
         Arc::new(topk_logprobs),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow_err)?;
-    let tmp = tmp_path(path);
-    let file = File::create(&tmp).map_err(|source| DataError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    let mut writer = FileWriter::try_new(file, &schema).map_err(arrow_err)?;
-    writer.write(&batch).map_err(arrow_err)?;
-    writer.finish().map_err(arrow_err)?;
-    let file = writer.into_inner().map_err(arrow_err)?;
-    file.sync_all().map_err(|source| DataError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    write_ipc_atomic(path, schema, columns)
 }
 
 /// Read one logits shard back.
@@ -415,6 +396,33 @@ impl LogitsManifest {
             });
         }
         Ok(m)
+    }
+
+    /// The manifest of `shards` (already written in `dir`): positions and bytes per position on disk.
+    pub fn from_shards(
+        dir: &Path,
+        meta: LogitsMeta,
+        shards: Vec<LogitsShard>,
+        details: serde_json::Value,
+    ) -> Self {
+        let bytes: u64 = shards
+            .iter()
+            .map(|s| {
+                std::fs::metadata(dir.join(&s.file))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum();
+        let positions = shards.iter().map(|s| s.rows as u64).sum::<u64>() * meta.seq_len as u64;
+        Self {
+            format: "ember-logits".into(),
+            format_version: LOGITS_FORMAT_VERSION,
+            meta,
+            shards,
+            positions,
+            bytes_per_token: bytes as f64 / positions.max(1) as f64,
+            details,
+        }
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), DataError> {

@@ -12,15 +12,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Int32Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::ipc::writer::FileWriter;
-use arrow::record_batch::RecordBatch;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::{
-    DataError, Split, TOKENS_FORMAT_VERSION, load_tokenizer, tmp_path, tokenizer_hash, write_atomic,
+    DataError, Split, TOKENS_FORMAT_VERSION, load_tokenizer, tokenizer_hash, write_atomic,
+    write_ipc_atomic,
 };
 
 /// Settings for `ember data prepare`.
@@ -568,25 +567,7 @@ fn write_token_shard(
     let item = Arc::new(Field::new("item", DataType::Int32, false));
     let list =
         FixedSizeListArray::try_new(item, seq_len as i32, values, None).map_err(arrow_err)?;
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(list) as ArrayRef])
-        .map_err(arrow_err)?;
-    let tmp = tmp_path(path);
-    let file = File::create(&tmp).map_err(|source| DataError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    let mut writer = FileWriter::try_new(file, &schema).map_err(arrow_err)?;
-    writer.write(&batch).map_err(arrow_err)?;
-    writer.finish().map_err(arrow_err)?;
-    let file = writer.into_inner().map_err(arrow_err)?;
-    file.sync_all().map_err(|source| DataError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    write_ipc_atomic(path, schema, vec![Arc::new(list) as ArrayRef])
 }
 
 /// Cross-entropy (nats) of add-one-smoothed train unigram frequencies on validation targets.

@@ -430,27 +430,15 @@ pub fn import_distillkit(cfg: &ImportConfig) -> Result<LogitsManifest, TeacherEr
         }
     }
     flush(&mut pending, &mut shards)?;
-    let bytes: u64 = shards
-        .iter()
-        .map(|s| {
-            std::fs::metadata(cfg.out.join(&s.file))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        })
-        .sum();
-    let positions = next_row * t as u64;
-    let manifest = LogitsManifest {
-        format: "ember-logits".into(),
-        format_version: ember_data::LOGITS_FORMAT_VERSION,
+    let manifest = LogitsManifest::from_shards(
+        &cfg.out,
         meta,
         shards,
-        positions,
-        bytes_per_token: bytes as f64 / positions.max(1) as f64,
-        details: serde_json::json!({
+        serde_json::json!({
             "capture": cfg.capture, "files": files.len(), "dropped_tail_positions": dropped,
             "compression": BTreeMap::from([("k", ccfg.k), ("exact_k", ccfg.exact_k), ("d", ccfg.d)]),
         }),
-    };
+    );
     manifest.save(&cfg.out)?;
     Ok(manifest)
 }

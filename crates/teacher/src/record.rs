@@ -258,30 +258,18 @@ pub fn record(
     }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let bytes: u64 = shards
-        .iter()
-        .map(|s| {
-            std::fs::metadata(cfg.out.join(&s.file))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        })
-        .sum();
-    let positions = (rows * t) as u64;
-    let manifest = LogitsManifest {
-        format: "ember-logits".into(),
-        format_version: ember_data::LOGITS_FORMAT_VERSION,
+    let manifest = LogitsManifest::from_shards(
+        &cfg.out,
         meta,
         shards,
-        positions,
-        bytes_per_token: bytes as f64 / positions.max(1) as f64,
-        details: serde_json::json!({
+        serde_json::json!({
             "dataset": cfg.data,
             "recorded_positions_this_run": recorded,
             "seconds_this_run": secs,
             "tokens_per_second_this_run": recorded as f64 / secs.max(1e-9),
             "vocab_note": note,
         }),
-    };
+    );
     manifest.save(&cfg.out)?;
     Ok(manifest)
 }

@@ -205,25 +205,17 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         (0.0f64, 0usize, Instant::now(), 0u64);
     let mut last_loss = f64::NAN;
     let (mut window_kd, mut window_ce, mut window_top1) = (0.0f64, 0.0f64, 0.0f64);
+    // Validation loss on real text, plus KL/agreement with the teacher when distilling; logged.
+    let validate = |student: &Student, batches: usize| -> (EvalReport, Option<KdEval>) {
+        let report = evaluate(student, &valid_data, t.batch_size, batches, device);
+        let kd = valid_teacher
+            .as_ref()
+            .map(|v| evaluate_kd(student, v, &valid_data, t.batch_size, batches, device));
+        (report, kd)
+    };
     if state.step == 0 && t.eval_every > 0 {
         // the starting point of the validation curves
-        let report = evaluate(
-            &model.valid(),
-            &valid_data,
-            t.batch_size,
-            t.eval_batches,
-            device,
-        );
-        let kd_report = valid_teacher.as_ref().map(|v| {
-            evaluate_kd(
-                &model.valid(),
-                v,
-                &valid_data,
-                t.batch_size,
-                t.eval_batches,
-                device,
-            )
-        });
+        let (report, kd_report) = validate(&model.valid(), t.eval_batches);
         log_eval(&mut metrics, out, &state, &report, kd_report.as_ref())?;
         window_start = Instant::now();
     }
@@ -310,23 +302,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             (window_loss, window_steps, window_start, window_tokens) = (0.0, 0, Instant::now(), 0);
         }
         if t.eval_every > 0 && state.step % t.eval_every == 0 && state.step < t.max_steps {
-            let report = evaluate(
-                &model.valid(),
-                &valid_data,
-                t.batch_size,
-                t.eval_batches,
-                device,
-            );
-            let kd_report = valid_teacher.as_ref().map(|v| {
-                evaluate_kd(
-                    &model.valid(),
-                    v,
-                    &valid_data,
-                    t.batch_size,
-                    t.eval_batches,
-                    device,
-                )
-            });
+            let (report, kd_report) = validate(&model.valid(), t.eval_batches);
             log_eval(&mut metrics, out, &state, &report, kd_report.as_ref())?;
             say(format!(
                 "step {:>6}  validation loss {:.4}  ppl {:.2}{}",
@@ -350,10 +326,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let seconds = start.elapsed().as_secs_f64();
 
     let valid_model = model.valid();
-    let validation = evaluate(&valid_model, &valid_data, t.batch_size, 0, device);
-    let validation_kd = valid_teacher
-        .as_ref()
-        .map(|v| evaluate_kd(&valid_model, v, &valid_data, t.batch_size, 0, device));
+    let (validation, validation_kd) = validate(&valid_model, 0);
     log_eval(
         &mut metrics,
         out,
