@@ -234,3 +234,79 @@ fn distilling_across_tokenizers_is_refused_with_the_fix() {
     let err = ember_err(dir.path(), &args);
     assert!(err.contains("[teacher]"), "{err}");
 }
+
+#[test]
+fn a_killed_offline_distillation_resumes_to_the_same_result() {
+    let (_, logits, vlogits) = teacher();
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(
+        dir.path(),
+        &format!(
+            "logits = {:?}\nvalidation_logits = {:?}",
+            logits.display().to_string(),
+            vlogits.display().to_string()
+        ),
+    );
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let run = |out: &'static str| {
+        let mut args = vec!["distill", "--config", recipe.to_str().unwrap()];
+        args.extend(student_args(&ds, out, "30"));
+        args.extend([
+            "--set",
+            "train.checkpoint_every=5",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            "train.log_every=1",
+        ]);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let straight = run("straight");
+    ember_ok(
+        dir.path(),
+        &straight.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let killed = run("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(&killed)
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = dir
+        .path()
+        .join("killed/checkpoints/step-00000005/state.json");
+    let start = std::time::Instant::now();
+    while !first.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "no checkpoint written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !dir.path().join("killed/summary.json").exists(),
+        "finished before the kill"
+    );
+    let out = ember_ok(
+        dir.path(),
+        &killed.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(out.contains("validation KL"), "{out}");
+    let summary = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join(d).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    let (a, b) = (summary("straight"), summary("killed"));
+    assert!(b["resumed_from_step"].as_u64().unwrap() >= 5);
+    for key in [["validation", "loss"], ["validation_kd", "kl"]] {
+        let (x, y) = (
+            a[key[0]][key[1]].as_f64().unwrap(),
+            b[key[0]][key[1]].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-5, "{key:?}: {x} vs resumed {y}");
+    }
+}
