@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::{ember_err, ember_ok, small_dataset};
+use crate::{ember_err, ember_ok, kill_when, small_dataset};
 
 /// A teacher (d 64, 3 layers) trained 200 steps with CE, and its recorded logits (k 16)
 /// for both splits. Built once per test binary.
@@ -267,29 +267,13 @@ fn a_killed_offline_distillation_resumes_to_the_same_result() {
         &straight.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let killed = run("killed");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(&killed)
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = dir
-        .path()
-        .join("killed/checkpoints/step-00000005/state.json");
-    let start = std::time::Instant::now();
-    while !first.exists() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "no checkpoint written"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        !dir.path().join("killed/summary.json").exists(),
-        "finished before the kill"
+    let killed_args: Vec<&str> = killed.iter().map(String::as_str).collect();
+    kill_when(
+        dir.path(),
+        &killed_args,
+        &dir.path()
+            .join("killed/checkpoints/step-00000005/state.json"),
+        &dir.path().join("killed/summary.json"),
     );
     let out = ember_ok(
         dir.path(),

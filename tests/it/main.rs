@@ -110,3 +110,30 @@ pub fn small_dataset() -> &'static Path {
     .join("ds")
     .leak()
 }
+
+/// Start `ember args...` in `cwd`, SIGKILL it as soon as `marker` (a file it writes) exists,
+/// and check it had not finished (`finished` absent).
+pub fn kill_when(cwd: &Path, args: &[&str], marker: &Path, finished: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ember");
+    let start = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "{} never appeared",
+            marker.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("kill"); // SIGKILL: no chance to clean up
+    child.wait().expect("wait");
+    assert!(
+        !finished.exists(),
+        "the run finished before it could be killed"
+    );
+}

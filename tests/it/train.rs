@@ -1,7 +1,6 @@
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use crate::{ember, ember_ok, small_dataset};
+use crate::{ember, ember_ok, kill_when, small_dataset};
 
 /// A micro student (d 32, 2 layers) on the 32-token test dataset.
 fn micro_args<'a>(ds: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
@@ -149,28 +148,12 @@ fn a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one() {
     ember_ok(dir.path(), &micro_args(&ds, "straight", "30"));
 
     let args = micro_args(&ds, "killed", "30");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(&args)
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = dir
-        .path()
-        .join("killed/checkpoints/step-00000005/state.json");
-    let start = Instant::now();
-    while !first.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint written"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
-    assert!(
-        !dir.path().join("killed/summary.json").exists(),
-        "run finished before it could be killed"
+    kill_when(
+        dir.path(),
+        &args,
+        &dir.path()
+            .join("killed/checkpoints/step-00000005/state.json"),
+        &dir.path().join("killed/summary.json"),
     );
 
     let out = ember(dir.path(), &args);
