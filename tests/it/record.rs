@@ -498,3 +498,47 @@ fn distillkit_captures_import_exactly_when_lossless_and_as_decoded_when_lossy() 
         }
     }
 }
+
+#[test]
+fn the_server_keeps_answering_concurrent_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = teacher_dir(dir.path());
+    let (_server, url) = start_server(&teacher, &[]);
+    let start = std::time::Instant::now();
+    let (clients, per_client) = (4i64, 8i64);
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..per_client)
+                    .map(|i| {
+                        let prompt: Vec<i64> = (0..32).map(|j| (j * 7 + i * 13 + c * 31) % 512).collect();
+                        let body = serde_json::json!({"prompt": prompt, "max_tokens": 1, "prompt_logprobs": 5});
+                        match ureq::post(&format!("{url}/v1/completions")).send_json(body) {
+                            Ok(r) => {
+                                let v: serde_json::Value = r.into_json().unwrap();
+                                v["choices"][0]["prompt_logprobs"].as_array().map(|a| a.len()).unwrap_or(0)
+                            }
+                            Err(e) => panic!("client {c} request {i}: {e}"),
+                        }
+                    })
+                    .collect::<Vec<usize>>()
+            })
+        })
+        .collect();
+    let lens: Vec<usize> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(lens.len() as i64, clients * per_client);
+    assert!(
+        lens.iter().all(|&n| n == 32),
+        "every answer carries 32 prompt positions: {lens:?}"
+    );
+    eprintln!(
+        "{} requests from {clients} concurrent clients in {secs:.2}s: {:.1} requests/s",
+        lens.len(),
+        lens.len() as f64 / secs
+    );
+}

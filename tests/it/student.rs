@@ -182,3 +182,48 @@ fn presets_have_the_documented_sizes() {
     );
     assert!(StudentConfig::preset("huge", 10).is_none());
 }
+
+#[test]
+fn exported_bf16_student_loads_in_transformers_with_matching_logits() {
+    let device = Device::flex();
+    device.seed(5);
+    let cfg = small_config(false);
+    let model = cfg.init(&device);
+    let dir = tempfile::tempdir().unwrap();
+    let trained = dir.path().join("trained");
+    save_hf(&model, &cfg, &trained, SaveDtype::F32).unwrap();
+    std::fs::copy(
+        crate::small_dataset().join("tokenizer.json"),
+        trained.join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = crate::ember_ok(
+        dir.path(),
+        &[
+            "export", "--model", "trained", "--format", "hf", "--dtype", "bf16", "--out",
+            "exported",
+        ],
+    );
+    assert!(out.contains("exported"), "{out}");
+    let exported = dir.path().join("exported");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        assert!(exported.join(f).is_file(), "{f}");
+    }
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exported.join("config.json")).unwrap()).unwrap();
+    assert_eq!(hf["torch_dtype"], "bfloat16");
+    // Ember's logits of the exported (bf16-rounded) weights against transformers on the same files
+    let (loaded, _) = load_hf(&exported, &device).unwrap();
+    let (raw, ids) = ids(&device);
+    let logits = loaded.forward(ids);
+    let shape = logits.dims();
+    let reference = dir.path().join("ember_logits.safetensors");
+    write_reference(&reference, &raw, &to_vec(logits), shape);
+    let diff = transformers_max_diff(&exported, &reference);
+    assert!(diff < 1e-4, "exported model: max abs diff {diff}");
+}

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod data;
 mod eval;
+mod export;
 mod generate;
 mod import;
 mod record;
@@ -42,6 +43,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Record a teacher's top-k next-token log-probabilities over a prepared dataset (Arrow).
     Record(record::RecordArgs),
+    /// Export a trained student for other runtimes (HF layout for transformers, llama.cpp's converter, candle).
+    Export(export::ExportArgs),
     /// Import teacher logits captured by other tools (DistillKit).
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Import(cmd) => import::run(cmd),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
