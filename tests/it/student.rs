@@ -227,3 +227,61 @@ fn exported_bf16_student_loads_in_transformers_with_matching_logits() {
     let diff = transformers_max_diff(&exported, &reference);
     assert!(diff < 1e-4, "exported model: max abs diff {diff}");
 }
+
+#[test]
+fn gguf_exports_read_back_in_llama_cpp_gguf_reader() {
+    let device = Device::flex();
+    device.seed(9);
+    let cfg = small_config(false);
+    let model = cfg.init(&device);
+    let dir = tempfile::tempdir().unwrap();
+    let trained = dir.path().join("trained");
+    save_hf(&model, &cfg, &trained, SaveDtype::F32).unwrap();
+    std::fs::copy(
+        crate::small_dataset().join("tokenizer.json"),
+        trained.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut sizes = Vec::new();
+    for (quant, max_rel) in [("f16", 1e-3), ("q8_0", 1.0 / 127.0), ("q4_0", 1.0 / 7.0)] {
+        let out = format!("model-{quant}.gguf");
+        crate::ember_ok(
+            dir.path(),
+            &[
+                "export", "--model", "trained", "--format", "gguf", "--quant", quant, "--out", &out,
+            ],
+        );
+        let path = dir.path().join(&out);
+        sizes.push((quant, std::fs::metadata(&path).unwrap().len()));
+        let res = std::process::Command::new(python())
+            .arg(root().join("tests/python/check_gguf.py"))
+            .arg(&path)
+            .arg(&trained)
+            .arg(quant)
+            .output()
+            .unwrap();
+        assert!(
+            res.status.success(),
+            "{quant}: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+        assert_eq!(v["meta"]["general.architecture"], "llama");
+        assert_eq!(v["meta"]["llama.block_count"], 2);
+        assert_eq!(v["meta"]["llama.attention.head_count_kv"], 2);
+        assert_eq!(v["n_tokens"], 512);
+        assert!(v["n_merges"].as_u64().unwrap() > 200, "{v}");
+        assert_eq!(v["n_tensors"], 2 * 9 + 3);
+        let rel = v["worst_rel_error"].as_f64().unwrap();
+        assert!(rel < max_rel, "{quant}: worst relative error {rel}");
+        if quant != "f16" {
+            // identical to gguf's reference quantizer except rare rounding ties
+            assert!(v["min_byte_agreement"].as_f64().unwrap() > 0.99, "{v}");
+        }
+    }
+    eprintln!("GGUF sizes: {sizes:?}");
+    assert!(
+        sizes[1].1 < sizes[0].1 && sizes[2].1 < sizes[1].1,
+        "{sizes:?}"
+    );
+}

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use ember_student::{SaveDtype, load_hf, save_hf};
+use ember_student::{GgufType, SaveDtype, load_hf, save_gguf, save_hf};
 
 use crate::util::device;
 
@@ -10,6 +10,17 @@ use crate::util::device;
 enum Format {
     /// HuggingFace layout: config.json, model.safetensors, tokenizer.json, generation_config.json
     Hf,
+    /// One GGUF file for llama.cpp (`--quant f16|q8_0|q4_0`)
+    Gguf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Quant {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -29,7 +40,10 @@ pub struct ExportArgs {
     /// Float format of the weights.
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: Dtype,
-    /// Output directory.
+    /// GGUF weight format.
+    #[arg(long, value_enum, default_value = "q8_0")]
+    quant: Quant,
+    /// Output directory (hf) or file (gguf).
     #[arg(long)]
     out: PathBuf,
 }
@@ -54,8 +68,26 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             std::fs::copy(&tokenizer, a.out.join("tokenizer.json"))
                 .with_context(|| format!("copying {}", tokenizer.display()))?;
         }
+        Format::Gguf => {
+            let ty = match a.quant {
+                Quant::F16 => GgufType::F16,
+                Quant::Q8_0 => GgufType::Q8_0,
+                Quant::Q4_0 => GgufType::Q4_0,
+            };
+            let name = a
+                .model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            save_gguf(&model, &cfg, &tokenizer, &a.out, ty, &name)?;
+        }
     }
-    let size = std::fs::metadata(a.out.join("model.safetensors"))?.len();
+    let weights = if a.out.is_dir() {
+        a.out.join("model.safetensors")
+    } else {
+        a.out.clone()
+    };
+    let size = std::fs::metadata(weights)?.len();
     println!(
         "exported {} ({} params) to {} ({:.1} MB of weights)",
         a.model.display(),

@@ -60,8 +60,7 @@ impl KeyPath {
 
 struct Collect {
     path: KeyPath,
-    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
-    dtype: SaveDtype,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
 impl ModuleVisitor for Collect {
@@ -82,15 +81,18 @@ impl ModuleVisitor for Collect {
             .into_data()
             .try_into_vec_as::<f32>()
             .expect("float tensor converts to f32");
-        let bytes = match self.dtype {
-            SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            SaveDtype::Bf16 => values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-        };
-        self.tensors.push((key, shape, bytes));
+        self.tensors.push((key, shape, values));
     }
+}
+
+/// Every parameter as (HF key, PyTorch shape, f32 values), in module order.
+pub fn hf_tensors(model: &Student) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut collect = Collect {
+        path: KeyPath::default(),
+        tensors: Vec::new(),
+    };
+    model.visit(&mut collect);
+    collect.tensors
 }
 
 /// Write `dir/config.json`, `dir/model.safetensors` and `dir/generation_config.json`.
@@ -103,18 +105,24 @@ pub fn save_hf(
 ) -> Result<(), StudentError> {
     let io = |path: PathBuf| move |source| StudentError::Io { path, source };
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-    let mut collect = Collect {
-        path: KeyPath::default(),
-        tensors: Vec::new(),
-        dtype,
-    };
-    model.visit(&mut collect);
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors(model)
+        .into_iter()
+        .map(|(key, shape, values)| {
+            let bytes = match dtype {
+                SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                SaveDtype::Bf16 => values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            };
+            (key, shape, bytes)
+        })
+        .collect();
     let st_dtype = match dtype {
         SaveDtype::F32 => Dtype::F32,
         SaveDtype::Bf16 => Dtype::BF16,
     };
-    let views: Vec<(String, TensorView<'_>)> = collect
-        .tensors
+    let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(k, shape, bytes)| {
             (

@@ -7,6 +7,7 @@
 mod config;
 mod error;
 mod generate;
+mod gguf;
 mod hf;
 mod llama;
 mod rope;
@@ -14,6 +15,7 @@ mod rope;
 pub use config::{HfLlamaConfig, StudentConfig};
 pub use error::StudentError;
 pub use generate::{GenerateConfig, generate, sample_next};
-pub use hf::{SaveDtype, load_hf, save_hf};
+pub use gguf::{GgufType, quantize_q4_0, quantize_q8_0, save_gguf};
+pub use hf::{SaveDtype, hf_tensors, load_hf, save_hf};
 pub use llama::{Attention, DecoderLayer, KvCache, LlamaModel, Mlp, Student};
 pub use rope::rope_tables;
