@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ember_data::{DatasetManifest, Split, TokenDataset};
-use ember_student::load_hf;
+use ember_student::{GgufType, fake_quantize, load_hf};
 use ember_train::evaluate;
 
 use crate::util::{check_same_tokenizer, device, write_json};
@@ -27,6 +27,9 @@ pub struct EvalArgs {
     /// Where to write the JSON report (default: <model>/eval.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Evaluate the weights as a GGUF export of this type would store them (f16, q8_0, q4_0).
+    #[arg(long, value_parser = ["f16", "q8_0", "q4_0"])]
+    quant: Option<String>,
     /// Compute backend.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -35,7 +38,18 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let device = device(&a.backend)?;
     check_same_tokenizer(&a.model, &a.dataset)?;
-    let (model, _) = load_hf(&a.model, &device)?;
+    let (model, cfg) = load_hf(&a.model, &device)?;
+    let model = match a.quant.as_deref() {
+        None => model,
+        Some(q) => {
+            let ty = match q {
+                "f16" => GgufType::F16,
+                "q8_0" => GgufType::Q8_0,
+                _ => GgufType::Q4_0,
+            };
+            fake_quantize(&model, &cfg, ty, &device)?
+        }
+    };
     let split = if a.split == "train" {
         Split::Train
     } else {
@@ -54,7 +68,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let manifest = DatasetManifest::load(&a.dataset)?;
     let out = a.out.unwrap_or_else(|| a.model.join("eval.json"));
     let json = serde_json::json!({
-        "model": a.model, "dataset": a.dataset, "split": a.split,
+        "model": a.model, "dataset": a.dataset, "split": a.split, "quant": a.quant,
         "loss": report.loss, "perplexity": report.perplexity, "tokens": report.tokens,
         "sequences": report.sequences,
         "unigram_perplexity": manifest.unigram.validation_perplexity,

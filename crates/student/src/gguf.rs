@@ -68,6 +68,71 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Inverse of [`quantize_q8_0`].
+pub fn dequantize_q8_0(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(34)
+        .flat_map(|blk| {
+            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            blk[2..].iter().map(move |&q| q as i8 as f32 * d)
+        })
+        .collect()
+}
+
+/// Inverse of [`quantize_q4_0`].
+pub fn dequantize_q4_0(b: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(b.len() / 18 * 32);
+    for blk in b.chunks_exact(18) {
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        out.extend(blk[2..].iter().map(|&q| ((q & 0x0F) as i32 - 8) as f32 * d));
+        out.extend(blk[2..].iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+    }
+    out
+}
+
+/// The student with every matrix rounded as the GGUF export of type `ty` stores it
+/// (norms untouched), to measure what quantization costs before leaving Ember.
+pub fn fake_quantize(
+    model: &Student,
+    cfg: &StudentConfig,
+    ty: GgufType,
+    device: &burn::prelude::Device,
+) -> Result<Student, StudentError> {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors(model)
+        .into_iter()
+        .map(|(key, shape, v)| {
+            let q = shape.len() == 2 && shape[1] % 32 == 0;
+            let v = match (shape.len(), ty) {
+                (1, _) => v,
+                (_, GgufType::Q8_0) if q => dequantize_q8_0(&quantize_q8_0(&v)),
+                (_, GgufType::Q4_0) if q => dequantize_q4_0(&quantize_q4_0(&v)),
+                _ => v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(),
+            };
+            (key, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .expect("consistent view"),
+            )
+        })
+        .collect();
+    let label = Path::new("<fake-quantized>");
+    let bytes = safetensors::serialize(views, None).map_err(|e| StudentError::Safetensors {
+        path: label.into(),
+        message: e.to_string(),
+    })?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| StudentError::Safetensors {
+            path: label.into(),
+            message: e.to_string(),
+        })?;
+    crate::hf::from_safetensors(cfg, &st, label, device)
+}
+
 /// llama.cpp's `permute`: rows of each head from `[half0, half1]` (rotate_half) to interleaved pairs.
 fn permute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     let head_rows = rows / heads;
@@ -337,4 +402,43 @@ pub fn save_gguf(
     f.write_all(&b.0).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, out).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizers_round_trip_within_their_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 31.5) / 10.0)
+            .collect();
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let q8 = dequantize_q8_0(&quantize_q8_0(&x));
+        let q4 = dequantize_q4_0(&quantize_q4_0(&x));
+        assert_eq!((quantize_q8_0(&x).len(), quantize_q4_0(&x).len()), (68, 36));
+        for (a, b) in x.iter().zip(&q8) {
+            // half a step, plus the f16 rounding of the scale (|q| <= 127 times 2^-11 relative)
+            assert!((a - b).abs() <= amax / 127.0 * 0.57, "q8_0 {a} -> {b}");
+        }
+        for (a, b) in x.iter().zip(&q4) {
+            assert!((a - b).abs() <= amax / 8.0 * 1.01, "q4_0 {a} -> {b}");
+        }
+        // the value of largest magnitude is exact in q4_0 (it defines the scale)
+        let i = x
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, v)| if v.abs() > x[m].abs() { i } else { m });
+        assert!((q4[i] - x[i]).abs() < 1e-2, "{} vs {}", q4[i], x[i]);
+    }
+
+    #[test]
+    fn permutation_interleaves_the_halves_of_each_head() {
+        // 2 heads x 4 rows, 1 column: [a0 a1 b0 b1 | c0 c1 d0 d1] -> [a0 b0 a1 b1 | c0 d0 c1 d1]
+        let w: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        assert_eq!(
+            permute_rows(&w, 8, 1, 2),
+            vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+        );
+    }
 }

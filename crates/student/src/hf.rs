@@ -278,10 +278,22 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<(Student, StudentConfig), 
         path: file.clone(),
         message: e.to_string(),
     })?;
+    let model = from_safetensors(&config, &st, &file, device)?;
+    Ok((model, config))
+}
+
+/// Build the student of `config` from the tensors of `st` (HF keys); `file` names the source in errors.
+pub(crate) fn from_safetensors(
+    config: &StudentConfig,
+    st: &SafeTensors<'_>,
+    file: &Path,
+    device: &Device,
+) -> Result<Student, StudentError> {
+    let file = file.to_path_buf();
     let mut load = Load {
         path: KeyPath::default(),
         file: &file,
-        st: &st,
+        st,
         used: BTreeSet::new(),
         error: None,
     };
@@ -307,5 +319,5 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<(Student, StudentConfig), 
             examples: unused.into_iter().take(5).collect(),
         });
     }
-    Ok((model, config))
+    Ok(model)
 }

@@ -15,7 +15,10 @@ mod rope;
 pub use config::{HfLlamaConfig, StudentConfig};
 pub use error::StudentError;
 pub use generate::{GenerateConfig, generate, sample_next};
-pub use gguf::{GgufType, quantize_q4_0, quantize_q8_0, save_gguf};
+pub use gguf::{
+    GgufType, dequantize_q4_0, dequantize_q8_0, fake_quantize, quantize_q4_0, quantize_q8_0,
+    save_gguf,
+};
 pub use hf::{SaveDtype, hf_tensors, load_hf, save_hf};
 pub use llama::{Attention, DecoderLayer, KvCache, LlamaModel, Mlp, Student};
 pub use rope::rope_tables;
