@@ -183,20 +183,25 @@ fn presets_have_the_documented_sizes() {
     assert!(StudentConfig::preset("huge", 10).is_none());
 }
 
-#[test]
-fn exported_bf16_student_loads_in_transformers_with_matching_logits() {
-    let device = Device::flex();
-    device.seed(5);
+/// A random student saved as an f32 HF directory `<tmp>/trained` with the test tokenizer (512 ids).
+fn trained_student_dir(seed: u64, device: &Device) -> (tempfile::TempDir, std::path::PathBuf) {
+    device.seed(seed);
     let cfg = small_config(false);
-    let model = cfg.init(&device);
     let dir = tempfile::tempdir().unwrap();
     let trained = dir.path().join("trained");
-    save_hf(&model, &cfg, &trained, SaveDtype::F32).unwrap();
+    save_hf(&cfg.init(device), &cfg, &trained, SaveDtype::F32).unwrap();
     std::fs::copy(
         crate::small_dataset().join("tokenizer.json"),
         trained.join("tokenizer.json"),
     )
     .unwrap();
+    (dir, trained)
+}
+
+#[test]
+fn exported_bf16_student_loads_in_transformers_with_matching_logits() {
+    let device = Device::flex();
+    let (dir, _) = trained_student_dir(5, &device);
     let out = crate::ember_ok(
         dir.path(),
         &[
@@ -231,17 +236,7 @@ fn exported_bf16_student_loads_in_transformers_with_matching_logits() {
 #[test]
 fn gguf_exports_read_back_in_llama_cpp_gguf_reader() {
     let device = Device::flex();
-    device.seed(9);
-    let cfg = small_config(false);
-    let model = cfg.init(&device);
-    let dir = tempfile::tempdir().unwrap();
-    let trained = dir.path().join("trained");
-    save_hf(&model, &cfg, &trained, SaveDtype::F32).unwrap();
-    std::fs::copy(
-        crate::small_dataset().join("tokenizer.json"),
-        trained.join("tokenizer.json"),
-    )
-    .unwrap();
+    let (dir, trained) = trained_student_dir(9, &device);
     let mut sizes = Vec::new();
     for (quant, max_rel) in [("f16", 1e-3), ("q8_0", 1.0 / 127.0), ("q4_0", 1.0 / 7.0)] {
         let out = format!("model-{quant}.gguf");

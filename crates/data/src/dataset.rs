@@ -1,14 +1,12 @@
 //! Reading prepared token datasets back.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, FixedSizeListArray, Int32Array};
 use arrow::datatypes::DataType;
-use arrow::ipc::reader::FileReader;
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, DatasetManifest};
+use crate::{DataError, DatasetManifest, open_ipc};
 
 /// A split of a prepared dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,10 +111,6 @@ impl TokenDataset {
 
 /// Read one token shard: (flattened rows, seq_len).
 pub fn read_token_shard(path: &Path) -> Result<(Vec<i32>, usize), DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let arrow_err = |source| DataError::Arrow {
         path: path.to_path_buf(),
         source,
@@ -125,7 +119,7 @@ pub fn read_token_shard(path: &Path) -> Result<(Vec<i32>, usize), DataError> {
         path: path.to_path_buf(),
         message,
     };
-    let reader = FileReader::try_new(file, None).map_err(arrow_err)?;
+    let reader = open_ipc(path)?;
     let schema = reader.schema();
     let field = schema
         .field_with_name("input_ids")

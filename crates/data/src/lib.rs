@@ -81,3 +81,43 @@ pub(crate) fn write_ipc_atomic(
         source,
     })
 }
+
+/// Open an Arrow IPC file for reading.
+pub(crate) fn open_ipc(
+    path: &std::path::Path,
+) -> Result<arrow::ipc::reader::FileReader<std::fs::File>, DataError> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    arrow::ipc::reader::FileReader::try_new(file, None).map_err(|source| DataError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Read the JSON manifest at `path`, checking that `found` (its format name and version)
+/// is `format` v`version`.
+pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    format: &str,
+    version: u32,
+    found: impl Fn(&T) -> (&str, u32),
+) -> Result<T, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let manifest: T = serde_json::from_str(&text).map_err(|source| DataError::Manifest {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (f, v) = found(&manifest);
+    if f != format || v != version {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("format {f:?} v{v} is not {format} v{version}"),
+        });
+    }
+    Ok(manifest)
+}

@@ -15,16 +15,14 @@
 //! mass outside the top k is `1 - sum(exp(topk_logprobs))`.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::ipc::reader::FileReader;
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, Split, write_atomic, write_ipc_atomic};
+use crate::{DataError, Split, open_ipc, read_manifest, write_atomic, write_ipc_atomic};
 
 /// Version of the logits format.
 pub const LOGITS_FORMAT_VERSION: u32 = 1;
@@ -263,10 +261,6 @@ pub fn write_logits_shard(
 
 /// Read one logits shard back.
 pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let arrow_err = |source| DataError::Arrow {
         path: path.to_path_buf(),
         source,
@@ -275,7 +269,7 @@ pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), Da
         path: path.to_path_buf(),
         message,
     };
-    let reader = FileReader::try_new(file, None).map_err(arrow_err)?;
+    let reader = open_ipc(path)?;
     let schema = reader.schema();
     let md: HashMap<String, String> = schema
         .metadata()
@@ -377,25 +371,12 @@ impl LogitsManifest {
     pub const FILE: &'static str = "logits.json";
 
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        let path = dir.join(Self::FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let m: Self = serde_json::from_str(&text).map_err(|source| DataError::Manifest {
-            path: path.clone(),
-            source,
-        })?;
-        if m.format != "ember-logits" || m.format_version != LOGITS_FORMAT_VERSION {
-            return Err(DataError::Format {
-                path,
-                message: format!(
-                    "{} v{} is not ember-logits v{LOGITS_FORMAT_VERSION}",
-                    m.format, m.format_version
-                ),
-            });
-        }
-        Ok(m)
+        read_manifest(
+            &dir.join(Self::FILE),
+            "ember-logits",
+            LOGITS_FORMAT_VERSION,
+            |m: &Self| (m.format.as_str(), m.format_version),
+        )
     }
 
     /// The manifest of `shards` (already written in `dir`): positions and bytes per position on disk.

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::{
-    DataError, Split, TOKENS_FORMAT_VERSION, load_tokenizer, tokenizer_hash, write_atomic,
-    write_ipc_atomic,
+    DataError, Split, TOKENS_FORMAT_VERSION, load_tokenizer, read_manifest, tokenizer_hash,
+    write_atomic, write_ipc_atomic,
 };
 
 /// Settings for `ember data prepare`.
@@ -106,25 +106,12 @@ impl DatasetManifest {
 
     /// Read `<dir>/dataset.json`.
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        let path = dir.join(Self::FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let manifest: Self = serde_json::from_str(&text).map_err(|source| DataError::Manifest {
-            path: path.clone(),
-            source,
-        })?;
-        if manifest.format != "ember-tokens" || manifest.format_version != TOKENS_FORMAT_VERSION {
-            return Err(DataError::Format {
-                path,
-                message: format!(
-                    "format {:?} v{} is not ember-tokens v{TOKENS_FORMAT_VERSION}",
-                    manifest.format, manifest.format_version
-                ),
-            });
-        }
-        Ok(manifest)
+        read_manifest(
+            &dir.join(Self::FILE),
+            "ember-tokens",
+            TOKENS_FORMAT_VERSION,
+            |m: &Self| (m.format.as_str(), m.format_version),
+        )
     }
 
     /// Rows in a split.
