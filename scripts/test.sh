@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# The test command: sets up the Python reference environment (torch + transformers, once),
-# then runs every Rust test. Reuses a cargo target directory outside the clone.
+# The test command: sets up the Python reference environment (torch 2.9.0 + transformers,
+# once), the Mesa software Vulkan driver for the WGPU tests (apt, when missing and root),
+# then runs every Rust test with the wgpu and tch backends compiled in.
+# EMBER_FEATURES overrides the backend features (e.g. EMBER_FEATURES= for the lean build).
+# Reuses a cargo target directory outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cargo_env.sh
+FEATURES=${EMBER_FEATURES-wgpu,tch}
 EMBER_PYTHON=$(bash scripts/setup_python.sh | tail -n 1)
 export EMBER_PYTHON
-echo "cargo target: $CARGO_TARGET_DIR; reference python: $EMBER_PYTHON" >&2
+if [[ ,$FEATURES, == *,tch,* ]]; then
+  source scripts/tch_env.sh
+fi
+if [[ ,$FEATURES, == *,wgpu,* ]] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing the Mesa software Vulkan driver for the WGPU tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1) >&2
+  else
+    echo "warning: no Vulkan driver; the WGPU test will fail (apt-get install mesa-vulkan-drivers libvulkan1)" >&2
+  fi
+fi
+echo "cargo target: $CARGO_TARGET_DIR; features: ${FEATURES:-none}; reference python: $EMBER_PYTHON" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked ${FEATURES:+--features "$FEATURES"} "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over all test binaries (cargo prints one per binary).
 awk '/^test result:/ {p += $4; f += $6; s += $8} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, s}' "$log"
 exit "$status"

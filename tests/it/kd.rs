@@ -248,3 +248,81 @@ fn gradients_match_finite_differences() {
         }
     }
 }
+
+/// Negative labels (padding, prompt tokens) leave their positions out of every loss: the
+/// masked loss is the mean of the single-position losses over the kept positions, and the
+/// masked positions get no gradient.
+#[test]
+fn negative_labels_mask_their_positions_out_of_every_loss() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let (logits, ids, lps, mut labels) = inputs();
+    let masked = [1usize, 5];
+    for &m in &masked {
+        labels[m] = -100;
+    }
+    for (cfg, _) in cases() {
+        let x =
+            Tensor::<3>::from_data(TensorData::new(logits.clone(), [B, T, V]), &ad).require_grad();
+        let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &ad);
+        let y = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
+        let out = kd_loss(x.clone(), &teacher, y, &cfg);
+        let total = out.total.clone().into_scalar::<f32>();
+        let grad: Vec<f32> = x
+            .grad(&out.total.backward())
+            .unwrap()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        // the same loss, one kept position at a time
+        let mut sum = 0.0f64;
+        let kept: Vec<usize> = (0..B * T).filter(|i| !masked.contains(i)).collect();
+        for &p in &kept {
+            let x1 = Tensor::<3>::from_data(
+                TensorData::new(logits[p * V..(p + 1) * V].to_vec(), [1, 1, V]),
+                &device,
+            );
+            let t1 = TeacherTargets::new(
+                &ids[p * K..(p + 1) * K],
+                &lps[p * K..(p + 1) * K],
+                1,
+                1,
+                K,
+                V,
+                cfg.temperature,
+                &device,
+            );
+            let y1 = Tensor::<2, Int>::from_data(TensorData::new(vec![labels[p]], [1, 1]), &device);
+            sum += kd_loss(x1, &t1, y1, &cfg).total.into_scalar::<f32>() as f64;
+        }
+        let expected = sum / kept.len() as f64;
+        assert!(
+            (total as f64 - expected).abs() < 1e-5,
+            "{cfg:?}: masked loss {total} vs mean of kept positions {expected}"
+        );
+        for &m in &masked {
+            let g = &grad[m * V..(m + 1) * V];
+            assert!(
+                g.iter().all(|v| *v == 0.0),
+                "{cfg:?}: gradient at masked position {m}"
+            );
+        }
+        assert!(
+            grad[..V].iter().any(|v| *v != 0.0),
+            "kept positions get gradient"
+        );
+    }
+    // cross-entropy alone: the same rule
+    let x = Tensor::<3>::from_data(TensorData::new(logits.clone(), [B, T, V]), &device);
+    let y = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &device);
+    let ce = ember_train::cross_entropy(x, y).into_scalar::<f32>() as f64;
+    let mut expected = 0.0f64;
+    let kept: Vec<usize> = (0..B * T).filter(|i| !masked.contains(i)).collect();
+    for &p in &kept {
+        let row = &logits[p * V..(p + 1) * V];
+        let lse = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        expected += lse - row[labels[p] as usize] as f64;
+    }
+    expected /= kept.len() as f64;
+    assert!((ce - expected).abs() < 1e-5, "masked CE {ce} vs {expected}");
+}

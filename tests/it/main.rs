@@ -1,6 +1,8 @@
 //! Integration tests: the `ember` binary and the library crates on real files
 //! (tokenizer.json, Arrow shards, safetensors), with transformers as the reference.
 
+mod backends;
+mod chat;
 mod data;
 mod distill;
 mod errors;

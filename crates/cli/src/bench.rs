@@ -7,9 +7,9 @@ use burn::tensor::DType;
 use clap::{Args, Subcommand};
 use ember_student::{Student, StudentConfig};
 use ember_teacher::load_teacher;
-use ember_train::{KdConfig, TeacherTargets, kd_loss};
+use ember_train::{KdConfig, Precision, TeacherTargets, kd_loss};
 
-use crate::util::device;
+use crate::backend::BackendArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -37,8 +37,17 @@ pub struct KdStepArgs {
     /// Timed steps (after two warm-up steps).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Compute precision (losses stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -50,7 +59,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 /// Same shapes and loss as benches/compare_kd_step.py; prints one JSON line.
 fn kd_step(a: KdStepArgs) -> anyhow::Result<()> {
-    let device = device(&a.backend)?;
+    let precision = match a.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::Bf16 => Precision::Bf16,
+    };
+    let device = a.backend.device_for(precision)?;
     let cfg = StudentConfig::preset(&a.preset, a.vocab_size)
         .ok_or_else(|| anyhow::anyhow!("unknown preset {}", a.preset))?;
     let ad = device.clone().autodiff();
@@ -72,7 +85,7 @@ fn kd_step(a: KdStepArgs) -> anyhow::Result<()> {
         let x = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &ad);
         let y = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [b, t]), &ad);
         let targets = TeacherTargets::new(&tids, &tlp, b, t, k, v, 1.0, &ad);
-        let out = kd_loss(model.forward(x), &targets, y, &kd);
+        let out = kd_loss(model.forward(x).cast(DType::F32), &targets, y, &kd);
         let loss = out.total.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(out.total.backward(), &model);
         (optim.step(1e-3, model, grads), loss)
@@ -85,14 +98,17 @@ fn kd_step(a: KdStepArgs) -> anyhow::Result<()> {
     for _ in 0..a.iters {
         let start = Instant::now();
         (model, loss) = step(model, &mut optim);
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let memory = device.memory_pool_usage().map(|m| m.bytes_reserved);
     println!(
         "{}",
         serde_json::json!({
-            "preset": a.preset, "params": cfg.num_params(), "batch_size": b, "seq_len": t, "top_k": k,
+            "backend": format!("{:?}", a.backend.backend).to_lowercase(), "precision": format!("{precision:?}").to_lowercase(),
+            "device_bytes_reserved": memory, "preset": a.preset, "params": cfg.num_params(), "batch_size": b, "seq_len": t, "top_k": k,
             "median_step_seconds": median, "tokens_per_second": (b * t) as f64 / median, "last_loss": loss,
         })
     );
@@ -113,14 +129,13 @@ pub struct BenchArgs {
     /// Timed forwards (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Teacher forward throughput on random token ids; prints one JSON line.
 fn teacher(a: BenchArgs) -> anyhow::Result<()> {
-    let device = device(&a.backend)?;
+    let device = a.backend.device()?;
     let load = Instant::now();
     let teacher = load_teacher(&a.model, &device, DType::F32)?;
     let load_s = load.elapsed().as_secs_f64();

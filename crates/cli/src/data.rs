@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use ember_data::{PrepareConfig, prepare};
+use ember_data::{ChatPrepareConfig, ChatTemplate, PrepareConfig, prepare, prepare_chat};
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -16,6 +16,35 @@ pub enum DataCommand {
     /// Tokenize text/JSONL into packed fixed-length sequences (Arrow IPC shards) with a
     /// deterministic train/validation split.
     Prepare(PrepareArgs),
+    /// Tokenize instruction records ({"instruction", "answer"} JSONL) with a chat template:
+    /// one record per row, padded, with a `labels` column (-100 on prompt and padding) so
+    /// training learns the answers only.
+    PrepareChat(PrepareChatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareChatArgs {
+    /// Training records (JSONL).
+    #[arg(long)]
+    train: PathBuf,
+    /// Held-out records (JSONL): the validation split.
+    #[arg(long)]
+    validation: PathBuf,
+    /// HF tokenizer.json (the student's).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Output dataset directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Chat template: alpaca or chatml.
+    #[arg(long, default_value = "alpaca")]
+    template: String,
+    /// Tokens per row; longer records are an error naming them.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// End-of-answer token (default: <|endoftext|>, </s> or <eos>).
+    #[arg(long)]
+    eos_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +124,33 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                 m.seq_len,
                 report.input_bytes as f64 / report.seconds / 1e6,
                 m.unigram.validation_perplexity
+            );
+            Ok(())
+        }
+        DataCommand::PrepareChat(a) => {
+            let template = ChatTemplate::parse(&a.template).with_context(|| {
+                format!("unknown template {:?}; use alpaca or chatml", a.template)
+            })?;
+            let cfg = ChatPrepareConfig {
+                train: a.train,
+                validation: a.validation,
+                tokenizer: a.tokenizer,
+                out: a.out,
+                template,
+                seq_len: a.seq_len,
+                eos_token: a.eos_token,
+            };
+            let m = prepare_chat(&cfg)?;
+            let c = m.chat.as_ref().expect("chat manifest");
+            println!(
+                "prepared {}: {} train + {} validation records ({} + {} answer tokens), rows of {} (longest record {} tokens)",
+                cfg.out.display(),
+                c.train_records,
+                c.validation_records,
+                c.train_answer_tokens,
+                c.validation_answer_tokens,
+                m.seq_len,
+                c.longest_record_tokens
             );
             Ok(())
         }

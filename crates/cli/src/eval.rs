@@ -5,7 +5,8 @@ use ember_data::{DatasetManifest, Split, TokenDataset};
 use ember_student::{GgufType, fake_quantize, load_hf};
 use ember_train::evaluate;
 
-use crate::util::{check_same_tokenizer, device, write_json};
+use crate::backend::BackendArgs;
+use crate::util::{check_same_tokenizer, write_json};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -30,13 +31,12 @@ pub struct EvalArgs {
     /// Evaluate the weights as a GGUF export of this type would store them (f16, q8_0, q4_0).
     #[arg(long, value_parser = ["f16", "q8_0", "q4_0"])]
     quant: Option<String>,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let device = device(&a.backend)?;
+    let device = a.backend.device()?;
     check_same_tokenizer(&a.model, &a.dataset)?;
     let (model, cfg) = load_hf(&a.model, &device)?;
     let model = match a.quant.as_deref() {

@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use ember_student::{GgufType, SaveDtype, load_hf, save_gguf, save_hf};
 
-use crate::util::device;
+use burn::prelude::Device;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -49,7 +49,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
-    let device = device("cpu")?;
+    let device = Device::flex();
     let (model, cfg) = load_hf(&a.model, &device)?;
     let tokenizer = a.model.join("tokenizer.json");
     if !tokenizer.is_file() {

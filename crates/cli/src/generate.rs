@@ -5,7 +5,7 @@ use clap::Args;
 use ember_data::load_tokenizer;
 use ember_student::{GenerateConfig, generate, load_hf};
 
-use crate::util::device;
+use crate::backend::BackendArgs;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -30,13 +30,12 @@ pub struct GenerateArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let device = device(&a.backend)?;
+    let device = a.backend.device()?;
     let (model, cfg) = load_hf(&a.model, &device)?;
     let tok_path = a.model.join("tokenizer.json");
     let tokenizer = load_tokenizer(&tok_path)?;

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backend;
 mod bench;
 mod data;
 mod eval;
+mod eval_chat;
+mod experiment;
 mod export;
 mod generate;
 mod import;
@@ -39,6 +42,9 @@ enum Command {
     Distill(train::TrainArgs),
     /// Validation loss and perplexity of a student on a prepared dataset, written as JSON.
     Eval(eval::EvalArgs),
+    /// Held-out evaluation of an instruction-tuned student: answer loss and exact match of
+    /// greedy answers (overall and per category), written as JSON.
+    EvalChat(eval_chat::EvalChatArgs),
     /// Sample text from a student.
     Generate(generate::GenerateArgs),
     /// Record a teacher's top-k next-token log-probabilities over a prepared dataset (Arrow).
@@ -51,6 +57,9 @@ enum Command {
     /// Throughput benchmarks (teacher forward, distillation step).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Experiments over whole runs, with a report directory (JSON, CSV, SVG plots, Markdown).
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
     /// Serve a model over HTTP: OpenAI/vLLM `/v1/completions` (prompt_logprobs) and SGLang `/generate`.
     Serve(serve::ServeArgs),
 }
@@ -64,12 +73,14 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args, false),
         Command::Distill(args) => train::run(args, true),
         Command::Eval(args) => eval::run(args),
+        Command::EvalChat(args) => eval_chat::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Record(args) => record::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Import(cmd) => import::run(cmd),
         Command::Export(args) => export::run(args),
+        Command::Experiment(cmd) => experiment::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use ember_teacher::{
     LocalTeacher, LogitSource, Protocol, RecordConfig, RemoteTeacher, load_teacher, record,
 };
 
-use crate::util::device;
+use crate::backend::BackendArgs;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Remote {
@@ -68,9 +68,8 @@ pub struct RecordArgs {
     /// Compute dtype of a local teacher (bf16 halves memory).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: ComputeDtype,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(a: RecordArgs) -> anyhow::Result<()> {
@@ -90,7 +89,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<()> {
     };
     let mut source: Box<dyn LogitSource> = match (&a.teacher, a.remote) {
         (Some(dir), None) => {
-            let device = device(&a.backend)?;
+            let device = a.backend.device()?;
             let dtype = match a.dtype {
                 ComputeDtype::F32 => DType::F32,
                 ComputeDtype::Bf16 => DType::BF16,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ember_serve::{ServedModel, serve};
 
-use crate::util::device;
+use crate::backend::BackendArgs;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -23,13 +23,12 @@ pub struct ServeArgs {
     /// Exit after answering this many requests (for scripted use).
     #[arg(long)]
     max_requests: Option<usize>,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let device = device(&a.backend)?;
+    let device = a.backend.device()?;
     let model = ServedModel::load(&a.model, a.served_model_name, &device, a.max_logprobs)?;
     serve(&model, &a.addr, a.max_requests, |addr| {
         println!("listening on http://{addr} (model {})", model.name);

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ember_train::{load_config, train};
 
-use crate::util::device;
+use crate::backend::BackendArgs;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -22,9 +22,8 @@ pub struct TrainArgs {
     /// Optimizer steps (overrides train.max_steps).
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Compute backend.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(a: TrainArgs, distill: bool) -> anyhow::Result<()> {
@@ -44,7 +43,7 @@ pub fn run(a: TrainArgs, distill: bool) -> anyhow::Result<()> {
             "`ember distill` needs a [teacher] section (logits = <recorded dir> or model = <hf dir>); use `ember train` for cross-entropy only"
         );
     }
-    let summary = train(&cfg, &device(&a.backend)?)?;
+    let summary = train(&cfg, &a.backend.device_for(cfg.train.precision)?)?;
     println!(
         "trained {} params for {} steps ({} tokens) at {:.0} tokens/s; validation loss {:.4}, perplexity {:.2} (unigram baseline {:.2}); model in {}",
         summary.num_params,

@@ -1,16 +1,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use burn::prelude::*;
 use ember_data::{DatasetManifest, load_tokenizer, tokenizer_hash};
-
-/// The compute device. Only the CPU (Burn flex) backend is built in so far.
-pub fn device(backend: &str) -> anyhow::Result<Device> {
-    match backend {
-        "cpu" => Ok(Device::flex()),
-        other => bail!("backend {other:?} is not available in this build; use --backend cpu"),
-    }
-}
 
 /// Refuse to pair a model with a dataset tokenized by another tokenizer.
 pub fn check_same_tokenizer(model_dir: &Path, dataset_dir: &Path) -> anyhow::Result<()> {

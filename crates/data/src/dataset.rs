@@ -32,6 +32,8 @@ pub struct TokenDataset {
     pub manifest: DatasetManifest,
     pub split: Split,
     tokens: Vec<i32>,
+    /// Per-token labels of instruction datasets (-100 = no loss), same layout as `tokens`.
+    labels: Option<Vec<i32>>,
 }
 
 impl TokenDataset {
@@ -45,6 +47,7 @@ impl TokenDataset {
             .cloned()
             .unwrap_or_default();
         let mut tokens = Vec::with_capacity(manifest.rows(split) * manifest.seq_len);
+        let mut labels = manifest.chat.as_ref().map(|_| Vec::new());
         for shard in &shards {
             let path = dir.join(&shard.file);
             let (rows, seq_len) = read_token_shard(&path)?;
@@ -74,6 +77,21 @@ impl TokenDataset {
                     manifest.vocab_size
                 )));
             }
+            if let Some(all) = labels.as_mut() {
+                let l = read_int_column(&path, "labels", seq_len)?;
+                if let Some(i) =
+                    (0..rows.len()).find(|&i| l[i] != crate::IGNORE_LABEL && l[i] != rows[i])
+                {
+                    return Err(format(format!(
+                        "labels of row {} position {}: {} is neither -100 nor the token {}",
+                        i / seq_len,
+                        i % seq_len,
+                        l[i],
+                        rows[i]
+                    )));
+                }
+                all.extend(l);
+            }
             tokens.extend(rows);
         }
         Ok(Self {
@@ -81,6 +99,7 @@ impl TokenDataset {
             manifest,
             split,
             tokens,
+            labels,
         })
     }
 
@@ -100,6 +119,15 @@ impl TokenDataset {
     pub fn truncate(&mut self, rows: usize) {
         let t = self.seq_len();
         self.tokens.truncate(rows * t);
+        if let Some(l) = self.labels.as_mut() {
+            l.truncate(rows * t);
+        }
+    }
+
+    /// Labels of row `i` (instruction datasets): the token where it carries a loss, else -100.
+    pub fn labels(&self, i: usize) -> Option<&[i32]> {
+        let t = self.seq_len();
+        self.labels.as_ref().map(|l| &l[i * t..(i + 1) * t])
     }
 
     /// Row `i` as token ids.
@@ -111,6 +139,23 @@ impl TokenDataset {
 
 /// Read one token shard: (flattened rows, seq_len).
 pub fn read_token_shard(path: &Path) -> Result<(Vec<i32>, usize), DataError> {
+    let (rows, seq_len) = read_list_column(path, "input_ids")?;
+    Ok((rows, seq_len))
+}
+
+/// A `FixedSizeList<Int32, seq_len>` column other than input_ids (e.g. labels).
+fn read_int_column(path: &Path, name: &str, seq_len: usize) -> Result<Vec<i32>, DataError> {
+    let (values, n) = read_list_column(path, name)?;
+    if n != seq_len {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("{name} rows have {n} entries, input_ids {seq_len}"),
+        });
+    }
+    Ok(values)
+}
+
+fn read_list_column(path: &Path, name: &str) -> Result<(Vec<i32>, usize), DataError> {
     let arrow_err = |source| DataError::Arrow {
         path: path.to_path_buf(),
         source,
@@ -122,17 +167,17 @@ pub fn read_token_shard(path: &Path) -> Result<(Vec<i32>, usize), DataError> {
     let reader = open_ipc(path)?;
     let schema = reader.schema();
     let field = schema
-        .field_with_name("input_ids")
-        .map_err(|_| format("no column input_ids".into()))?;
+        .field_with_name(name)
+        .map_err(|_| format(format!("no column {name}")))?;
     let seq_len = match field.data_type() {
         DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Int32 => *n as usize,
         other => {
             return Err(format(format!(
-                "input_ids has type {other}, expected FixedSizeList<Int32>"
+                "{name} has type {other}, expected FixedSizeList<Int32>"
             )));
         }
     };
-    let col = schema.index_of("input_ids").expect("checked above");
+    let col = schema.index_of(name).expect("checked above");
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(arrow_err)?;
@@ -140,7 +185,7 @@ pub fn read_token_shard(path: &Path) -> Result<(Vec<i32>, usize), DataError> {
             .column(col)
             .as_any()
             .downcast_ref::<FixedSizeListArray>()
-            .ok_or_else(|| format("input_ids is not a FixedSizeList".into()))?;
+            .ok_or_else(|| format(format!("{name} is not a FixedSizeList")))?;
         let values = list
             .values()
             .as_any()

@@ -6,12 +6,17 @@
 //! fixed-length sequence of token ids (`input_ids: FixedSizeList<Int32, seq_len>`).
 //! Teachers record against these rows; students train on them.
 
+mod chat;
 mod dataset;
 mod error;
 mod logits;
 mod prepare;
 mod tokenizer;
 
+pub use chat::{
+    ChatInfo, ChatPrepareConfig, ChatRecord, ChatTemplate, IGNORE_LABEL, encode_record,
+    prepare_chat, read_chat_jsonl,
+};
 pub use dataset::{Split, TokenDataset, read_token_shard};
 pub use error::DataError;
 pub use logits::{

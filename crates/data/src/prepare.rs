@@ -99,6 +99,10 @@ pub struct DatasetManifest {
     pub dropped_tokens: u64,
     pub unigram: UnigramBaseline,
     pub config: PrepareConfig,
+    /// Instruction datasets (`ember data prepare-chat`): one record per row, a `labels`
+    /// column with -100 on the prompt and the padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::ChatInfo>,
 }
 
 impl DatasetManifest {
@@ -242,6 +246,7 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
         dropped_tokens: train.dropped + val.dropped,
         unigram,
         config: cfg.clone(),
+        chat: None,
     };
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     write_atomic(&manifest_path, json.as_bytes())?;
@@ -300,7 +305,11 @@ fn is_jsonl(p: &Path) -> bool {
 }
 
 /// Resolve the document separator token id.
-fn eos_id(tokenizer: &Tokenizer, path: &Path, wanted: Option<&str>) -> Result<u32, DataError> {
+pub(crate) fn eos_id(
+    tokenizer: &Tokenizer,
+    path: &Path,
+    wanted: Option<&str>,
+) -> Result<u32, DataError> {
     if let Some(tok) = wanted {
         return tokenizer
             .token_to_id(tok)
@@ -558,7 +567,7 @@ fn write_token_shard(
 }
 
 /// Cross-entropy (nats) of add-one-smoothed train unigram frequencies on validation targets.
-fn unigram_baseline(train_counts: &[u64], val_targets: &[u64]) -> UnigramBaseline {
+pub(crate) fn unigram_baseline(train_counts: &[u64], val_targets: &[u64]) -> UnigramBaseline {
     let total: f64 = train_counts.iter().sum::<u64>() as f64 + train_counts.len() as f64;
     let n: u64 = val_targets.iter().sum();
     let nll: f64 = train_counts

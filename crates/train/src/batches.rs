@@ -12,6 +12,7 @@ use ember_teacher::{Teacher, topk_logprobs};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
+use crate::loss::dataset_batch;
 use crate::{TeacherTargets, TrainError, next_token_batch};
 
 /// One micro-batch: `inputs`/`targets` `[b, T-1]`, and teacher targets when distilling.
@@ -57,15 +58,19 @@ pub enum Source {
 pub struct LogitsStream {
     dir: PathBuf,
     pub manifest: LogitsManifest,
+    /// Entries per position used for training: the first `keep_k` of the recorded k.
+    pub keep_k: usize,
     order: Vec<(usize, usize)>,
     cache: Option<(usize, Vec<LogitsRow>)>,
 }
 
 impl LogitsStream {
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
+        let manifest = LogitsManifest::load(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            manifest: LogitsManifest::load(dir)?,
+            keep_k: manifest.meta.k,
+            manifest,
             order: Vec::new(),
             cache: None,
         })
@@ -105,21 +110,32 @@ impl LogitsStream {
 }
 
 /// Teacher targets for positions `0..T-1` of rows holding `T * k` entries each.
+/// Teacher targets from recorded rows of `recorded_k` entries per position, keeping the
+/// first (most likely) `k <= recorded_k` of each position.
 pub fn targets_from_rows(
     rows: &[&LogitsRow],
+    recorded_k: usize,
     k: usize,
     student_vocab: usize,
     temperature: f64,
     device: &Device,
 ) -> TeacherTargets {
     let t = rows[0].input_ids.len() - 1;
-    let ids: Vec<i32> = rows
-        .iter()
-        .flat_map(|r| r.topk_ids[..t * k].iter().copied())
-        .collect();
+    let take = |v: &[i32]| -> Vec<i32> {
+        (0..t)
+            .flat_map(|p| v[p * recorded_k..p * recorded_k + k].iter().copied())
+            .collect()
+    };
+    let ids: Vec<i32> = rows.iter().flat_map(|r| take(&r.topk_ids)).collect();
     let lps: Vec<f32> = rows
         .iter()
-        .flat_map(|r| r.topk_logprobs[..t * k].iter().copied())
+        .flat_map(|r| {
+            (0..t).flat_map(move |p| {
+                r.topk_logprobs[p * recorded_k..p * recorded_k + k]
+                    .iter()
+                    .copied()
+            })
+        })
         .collect();
     TeacherTargets::new(
         &ids,
@@ -199,11 +215,7 @@ impl Source {
     ) -> Result<Batch, TrainError> {
         match self {
             Source::Tokens { data, perm } => {
-                let rows: Vec<i32> = perm[cursor..cursor + b]
-                    .iter()
-                    .flat_map(|&r| data.row(r).iter().copied())
-                    .collect();
-                let (inputs, targets) = next_token_batch(&rows, data.seq_len(), device);
+                let (inputs, targets, _) = dataset_batch(data, &perm[cursor..cursor + b], device);
                 Ok(Batch {
                     inputs,
                     targets,
@@ -219,7 +231,7 @@ impl Source {
                     .iter()
                     .flat_map(|&r| data.row(r).iter().copied())
                     .collect();
-                let (inputs, targets) = next_token_batch(&rows, data.seq_len(), device);
+                let (inputs, targets, _) = dataset_batch(data, &perm[cursor..cursor + b], device);
                 let teacher = online_targets(
                     teacher,
                     &rows,
@@ -250,6 +262,7 @@ impl Source {
                 let teacher = targets_from_rows(
                     &refs,
                     stream.manifest.meta.k,
+                    stream.keep_k,
                     student_vocab,
                     temperature,
                     device,

@@ -34,13 +34,11 @@ pub struct TeacherSection {
     pub validation_logits: Option<PathBuf>,
     /// HF model directory run in-process (online distillation).
     pub model: Option<PathBuf>,
-    /// Top-k kept from the online teacher's distribution.
-    #[serde(default = "default_top_k")]
-    pub top_k: usize,
-}
-
-fn default_top_k() -> usize {
-    64
+    /// Top-k kept per position: from the online teacher's distribution, or the first k of
+    /// the recorded entries (at most the recorded k) when distilling offline.
+    /// Default: 64 online, every recorded entry offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,6 +148,46 @@ pub struct TrainSection {
     pub keep_checkpoints: usize,
     /// Float format of the exported HF model.
     pub save_dtype: ember_student::SaveDtype,
+    /// Start from this HF student directory (fine-tuning) instead of a random init; its
+    /// config.json sets the shape and `[model]` is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// Compute precision: `f32`, or `bf16` (weights, activations and optimizer state in
+    /// bf16 where the backend supports it; losses are computed in f32).
+    pub precision: Precision,
+}
+
+/// Float format of training compute.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// Make this the default float type of `device`. Must run before the device holds any
+    /// tensor; a backend without bf16 (e.g. WGPU) is refused with the reason.
+    pub fn apply(self, device: &burn::prelude::Device) -> Result<(), String> {
+        use burn::tensor::FloatDType;
+        let dtype = match self {
+            Precision::F32 => return Ok(()),
+            Precision::Bf16 => FloatDType::BF16,
+        };
+        if device.settings().float_dtype == dtype {
+            return Ok(());
+        }
+        if !device.supports_dtype(dtype) {
+            return Err(format!(
+                "{device:?} has no {self:?} support; use train.precision = \"f32\" on this backend"
+            ));
+        }
+        let mut device = device.clone();
+        device
+            .configure(dtype)
+            .map_err(|e| format!("cannot train in {self:?} on {device:?}: {e:?}"))
+    }
 }
 
 impl Default for TrainSection {
@@ -174,6 +212,8 @@ impl Default for TrainSection {
             checkpoint_every: 100,
             keep_checkpoints: 2,
             save_dtype: ember_student::SaveDtype::F32,
+            precision: Precision::F32,
+            init_from: None,
         }
     }
 }

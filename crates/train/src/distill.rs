@@ -11,6 +11,7 @@ use ember_teacher::load_teacher;
 use serde::{Deserialize, Serialize};
 
 use crate::batches::{LogitsStream, OnlineTeacher, Source, online_targets, targets_from_rows};
+use crate::loss::dataset_batch;
 use crate::{KdConfig, KdLoss, TrainConfig, TrainError, kd_loss, next_token_batch};
 
 /// Student against teacher on validation data.
@@ -46,6 +47,27 @@ fn tokenizer_mismatch(
     ))
 }
 
+/// Refuse a model directory whose tokenizer.json differs from the dataset's (when it has one).
+pub(crate) fn check_model_tokenizer(
+    dir: &std::path::Path,
+    manifest: &ember_data::DatasetManifest,
+    dataset: &std::path::Path,
+) -> Result<(), TrainError> {
+    let tok = dir.join("tokenizer.json");
+    if tok.is_file() {
+        let theirs = tokenizer_hash(&load_tokenizer(&tok)?, &tok)?.sha256;
+        if theirs != manifest.tokenizer_sha256 {
+            return Err(tokenizer_mismatch(
+                &format!("model {}", dir.display()),
+                &theirs,
+                dataset,
+                &manifest.tokenizer_sha256,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Batches for the recipe: token rows, recorded logits, or an in-process teacher.
 pub fn build_source(
     cfg: &TrainConfig,
@@ -65,7 +87,16 @@ pub fn build_source(
     let dataset = &cfg.data.dataset;
     match (&teacher.logits, &teacher.model) {
         (Some(dir), None) => {
-            let stream = LogitsStream::open(dir)?;
+            let mut stream = LogitsStream::open(dir)?;
+            stream.keep_k = teacher
+                .top_k
+                .map_or(stream.manifest.meta.k, |k| k.min(stream.manifest.meta.k));
+            if stream.keep_k == 0 {
+                return Err(TrainError::Config {
+                    path: "teacher.top_k".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
             if stream.manifest.meta.tokenizer_sha256 != ours {
                 return Err(tokenizer_mismatch(
                     &format!("teacher logits {}", dir.display()),
@@ -119,7 +150,7 @@ pub fn build_source(
             let online = Rc::new(OnlineTeacher {
                 teacher: model,
                 device: device.clone(),
-                top_k: teacher.top_k,
+                top_k: teacher.top_k.unwrap_or(64),
             });
             Ok((
                 Source::Online {
@@ -192,13 +223,14 @@ pub fn evaluate_kd(
                     .collect();
                 let (x, y) = next_token_batch(&flat, t, device);
                 let k = refs[0].topk_ids.len() / t;
-                (x, y, targets_from_rows(&refs, k, vocab, 1.0, device))
+                (x, y, targets_from_rows(&refs, k, k, vocab, 1.0, device))
             }
             ValidTeacher::Online(online) => {
                 let flat: Vec<i32> = (start..end)
                     .flat_map(|r| valid.row(r).iter().copied())
                     .collect();
-                let (x, y) = next_token_batch(&flat, valid.seq_len(), device);
+                let rows: Vec<usize> = (start..end).collect();
+                let (x, y, _) = dataset_batch(valid, &rows, device);
                 (
                     x,
                     y,
@@ -206,7 +238,7 @@ pub fn evaluate_kd(
                 )
             }
         };
-        let logits = student.forward(inputs);
+        let logits = student.forward(inputs).cast(DType::F32);
         let n = teacher_targets.top1.len() as u64;
         top1 += agreement(&logits, &teacher_targets.top1) * n as f64;
         kl += kd_loss(logits, &teacher_targets, targets, &cfg)

@@ -1,11 +1,13 @@
 //! Validation loss and perplexity.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use ember_data::TokenDataset;
 use ember_student::Student;
 use serde::{Deserialize, Serialize};
 
-use crate::{cross_entropy, next_token_batch};
+use crate::cross_entropy;
+use crate::loss::dataset_batch;
 
 /// Result of [`evaluate`], written as JSON by `ember eval`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,7 +29,6 @@ pub fn evaluate(
     max_batches: usize,
     device: &Device,
 ) -> EvalReport {
-    let t = data.seq_len();
     let n_batches = data.len().div_ceil(batch_size);
     let n_batches = if max_batches == 0 {
         n_batches
@@ -40,12 +41,11 @@ pub fn evaluate(
     for i in 0..n_batches {
         let start = i * batch_size;
         let end = (start + batch_size).min(data.len());
-        let rows: Vec<i32> = (start..end)
-            .flat_map(|r| data.row(r).iter().copied())
-            .collect();
-        let (inputs, targets) = next_token_batch(&rows, t, device);
-        let n = ((end - start) * (t - 1)) as u64;
-        let loss: f64 = cross_entropy(model.forward(inputs), targets).into_scalar::<f64>();
+        let rows: Vec<usize> = (start..end).collect();
+        let (inputs, targets, n) = dataset_batch(data, &rows, device);
+        let n = n as u64;
+        let loss: f64 =
+            cross_entropy(model.forward(inputs).cast(DType::F32), targets).into_scalar::<f64>();
         nll += loss * n as f64;
         tokens += n;
         sequences += end - start;

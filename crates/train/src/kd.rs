@@ -18,6 +18,9 @@
 //! is `O(B * T * k)`.
 
 use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::loss::position_mask;
 use serde::{Deserialize, Serialize};
 
 /// Which divergence between teacher `P` and student `Q`.
@@ -143,9 +146,13 @@ impl TeacherTargets {
         }
         Self {
             ids: Tensor::from_data(TensorData::new(out_ids, [b, t, k]), device),
-            probs: Tensor::from_data(TensorData::new(probs, [b, t, k]), device),
-            tail: Tensor::from_data(TensorData::new(tails, [b, t, 1]), device),
-            valid: Tensor::from_data(TensorData::new(valid, [b, t, k]), device),
+            // f32 whatever the device's default float type: losses are computed in f32
+            probs: Tensor::<3>::from_data(TensorData::new(probs, [b, t, k]), device)
+                .cast(DType::F32),
+            tail: Tensor::<3>::from_data(TensorData::new(tails, [b, t, 1]), device)
+                .cast(DType::F32),
+            valid: Tensor::<3>::from_data(TensorData::new(valid, [b, t, k]), device)
+                .cast(DType::F32),
             top1,
         }
     }
@@ -241,14 +248,22 @@ pub fn kd_loss(
         }
         (KdLoss::Tvd, _) => ((p - q).abs().sum_dim(2) + (p_tail - q_tail).abs()).mul_scalar(0.5),
     };
-    let kd = per_pos.mean().mul_scalar(temp * temp);
+    // positions whose label is negative (padding, prompt tokens: the HF -100 convention)
+    // are left out of both losses; means are over the kept positions
+    let (mask, kept) = position_mask(&labels);
+    let mask = mask.reshape([b, t, 1]);
+    let kd = (per_pos * mask.clone())
+        .sum()
+        .div(kept.clone())
+        .mul_scalar(temp * temp);
     // cross-entropy on the hard labels at temperature 1
     let lse1 = if temp == 1.0 {
         lse
     } else {
         chunked_logsumexp(student_logits.clone(), cfg.vocab_chunk)
     };
-    let ce = (lse1 - student_logits.gather(2, labels.reshape([b, t, 1]))).mean();
+    let picked = student_logits.gather(2, labels.clamp_min(0).reshape([b, t, 1]));
+    let ce = ((lse1 - picked) * mask).sum().div(kept);
     let total = ce.clone().mul_scalar(cfg.ce_weight) + kd.clone().mul_scalar(1.0 - cfg.ce_weight);
     KdOutput { total, kd, ce }
 }

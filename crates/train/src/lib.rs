@@ -5,6 +5,7 @@
 //! step-level checkpoints that a killed run resumes from, metrics as JSON lines.
 
 mod batches;
+mod chat_eval;
 mod config;
 mod distill;
 mod error;
@@ -13,12 +14,13 @@ mod kd;
 mod loss;
 mod trainer;
 
+pub use chat_eval::{ChatEvalReport, Score, evaluate_chat};
 pub use config::{
-    DataSection, ModelSection, TeacherSection, TrainConfig, TrainSection, load_config,
+    DataSection, ModelSection, Precision, TeacherSection, TrainConfig, TrainSection, load_config,
 };
 pub use distill::KdEval;
 pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
 pub use kd::{KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss};
-pub use loss::{cross_entropy, next_token_batch};
+pub use loss::{cross_entropy, dataset_batch, next_token_batch};
 pub use trainer::{TrainSummary, lr_at, train};

@@ -14,6 +14,7 @@ use std::time::Instant;
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::tensor::DType;
 use ember_data::{Split, TokenDataset};
 use ember_student::{Student, StudentConfig, save_hf};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -72,16 +73,19 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let valid_data = TokenDataset::open(&cfg.data.dataset, Split::Validation)?;
     let manifest = train_data.manifest.clone();
     let manifest = &manifest;
-    let student_cfg = cfg
-        .model
-        .resolve(manifest.vocab_size)
-        .map_err(|message| TrainError::Config {
-            path: "[model]".into(),
-            message,
-        })?
-        .with_max_position_embeddings(manifest.seq_len.max(1024))
-        .with_eos_token_id(manifest.eos_token_id)
-        .with_bos_token_id(manifest.eos_token_id);
+    let student_cfg = match &t.init_from {
+        Some(dir) => StudentConfig::from_hf_file(&dir.join("config.json"))?,
+        None => cfg
+            .model
+            .resolve(manifest.vocab_size)
+            .map_err(|message| TrainError::Config {
+                path: "[model]".into(),
+                message,
+            })?
+            .with_max_position_embeddings(manifest.seq_len.max(1024)),
+    }
+    .with_eos_token_id(manifest.eos_token_id)
+    .with_bos_token_id(manifest.eos_token_id);
     if student_cfg.vocab_size < manifest.vocab_size {
         return Err(TrainError::Vocab(format!(
             "dataset {} uses a tokenizer with {} ids but model.vocab_size is {}; remove the override or set it >= {}",
@@ -146,9 +150,22 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     )?;
     write_file(&cfg_path, student_cfg.to_string().as_bytes())?;
 
+    t.precision
+        .apply(device)
+        .map_err(|message| TrainError::Config {
+            path: "train.precision".into(),
+            message,
+        })?;
     device.seed(t.seed);
     let ad = device.clone().autodiff();
-    let mut model = student_cfg.init(&ad);
+    let mut model = match &t.init_from {
+        // the checkpoint's weights; its token ids must mean the same as the dataset's
+        Some(dir) => {
+            crate::distill::check_model_tokenizer(dir, manifest, &cfg.data.dataset)?;
+            ember_student::load_hf(dir, &ad)?.0
+        }
+        None => student_cfg.init(&ad),
+    };
     let mut optim = adamw(cfg);
     let mut state = RunState::default();
     if let Some(dir) = &resumed_from {
@@ -237,7 +254,8 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                 &ad,
             )?;
             state.cursor += t.batch_size;
-            let logits = model.forward(batch.inputs);
+            // losses in f32 whatever the compute precision
+            let logits = model.forward(batch.inputs).cast(DType::F32);
             let loss = match &batch.teacher {
                 Some(teacher) => {
                     let top1 = agreement(&logits, &teacher.top1);
