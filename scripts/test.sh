@@ -21,6 +21,8 @@ if [[ ,$FEATURES, == *,wgpu,* ]] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /
     echo "warning: no Vulkan driver; the WGPU test will fail (apt-get install mesa-vulkan-drivers libvulkan1)" >&2
   fi
 fi
+# Mesa's Vulkan loader wants a runtime dir (else a harmless "XDG_RUNTIME_DIR is invalid" per test)
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 echo "cargo target: $CARGO_TARGET_DIR; features: ${FEATURES:-none}; reference python: $EMBER_PYTHON" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

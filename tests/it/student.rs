@@ -280,3 +280,43 @@ fn gguf_exports_read_back_in_llama_cpp_gguf_reader() {
         "{sizes:?}"
     );
 }
+
+/// llama.cpp loads the GGUF export and its next-token top-5 agrees with Ember's (served by
+/// `ember serve`). Needs a llama.cpp build: `bash scripts/build_llamacpp_top5.sh <llama.cpp>`,
+/// then `EMBER_LLAMACPP_TOP5=build/llamacpp/top5 cargo test -- --ignored llama_cpp`.
+#[test]
+#[ignore = "needs llama.cpp: set EMBER_LLAMACPP_TOP5 to a top5 binary (scripts/build_llamacpp_top5.sh) and pass --ignored"]
+fn llama_cpp_predicts_the_same_top5_as_ember_on_the_gguf_export() {
+    let top5 = std::env::var("EMBER_LLAMACPP_TOP5")
+        .expect("EMBER_LLAMACPP_TOP5 must name the top5 binary (scripts/build_llamacpp_top5.sh)");
+    let device = Device::flex();
+    let (dir, trained) = trained_student_dir(5, &device);
+    for quant in ["f16", "q8_0"] {
+        crate::ember_ok(
+            dir.path(),
+            &["export", "--model", "trained", "--format", "gguf", "--quant", quant, "--out", &format!("m-{quant}.gguf")],
+        );
+    }
+    let (_server, url) = crate::record::start_server(&trained, &["--max-logprobs", "5"]);
+    let script = root().join("tests/python/check_llamacpp.py");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(python())
+            .arg(&script)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "reference", "--url", &url, "--model", "teacher", "--dataset", crate::small_dataset().to_str().unwrap(),
+        "--rows", "3", "--tokens", "32", "--out", "ref.json",
+    ]);
+    let text = run(&["compare", "--top5-bin", &top5, "--min-f16-top1", "0.95", "--ref", "ref.json", "m-f16.gguf", "m-q8_0.gguf"]);
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    eprintln!("{rows:?}");
+    assert!(rows[0]["top1_agreement"].as_f64().unwrap() >= 0.95, "f16: {}", rows[0]);
+    assert!(rows[0]["max_abs_logprob_diff_on_shared_top5"].as_f64().unwrap() < 0.01);
+    assert!(rows[1]["top1_agreement"].as_f64().unwrap() >= 0.8, "q8_0: {}", rows[1]);
+}
