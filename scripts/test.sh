@@ -14,9 +14,11 @@ if [[ ,$FEATURES, == *,tch,* ]]; then
   source scripts/tch_env.sh
 fi
 if [[ ,$FEATURES, == *,wgpu,* ]] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  SUDO=""
+  [[ $(id -u) != 0 ]] && sudo -n true 2>/dev/null && SUDO="sudo -n"
+  if { [[ $(id -u) == 0 ]] || [[ -n $SUDO ]]; } && command -v apt-get >/dev/null; then
     echo "installing the Mesa software Vulkan driver for the WGPU tests" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1) >&2
+    ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1) >&2
   else
     echo "warning: no Vulkan driver; the WGPU test will fail (apt-get install mesa-vulkan-drivers libvulkan1)" >&2
   fi

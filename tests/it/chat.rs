@@ -179,6 +179,73 @@ fn chat_rows_mask_the_prompt_and_padding_and_fine_tuning_lowers_the_answer_loss(
     );
     assert_eq!(after["overall"]["records"], 8);
     assert!(after["per_category"].as_object().unwrap().len() >= 2);
+    // offline distillation on instruction data takes its targets from the labels column, by
+    // each recorded row's index: logits recorded on this dataset distil; on other rows they are refused
+    ember_ok(
+        d,
+        &[
+            "record",
+            "--teacher",
+            "tuned/model",
+            "--data",
+            "sft",
+            "--split",
+            "train",
+            "--top-k",
+            "8",
+            "--out",
+            "lg",
+        ],
+    );
+    let recipe = "[teacher]\nlogits = \"lg\"\n[distill]\nce_weight = 0.5\n";
+    std::fs::write(d.join("kd.toml"), recipe).unwrap();
+    let kd = [
+        "distill",
+        "--config",
+        "kd.toml",
+        "--dataset",
+        "sft",
+        "--out",
+        "kd",
+        "--max-steps",
+        "10",
+        "--set",
+        "train.init_from=\"base/model\"",
+        "--set",
+        "train.warmup_steps=2",
+        "--set",
+        "train.batch_size=8",
+    ];
+    ember_ok(d, &kd);
+    let kd_eval = eval("kd/model", "kd.json");
+    assert!(
+        kd_eval["answer_loss"].as_f64().unwrap() < b,
+        "offline KD on the answers lowers their loss"
+    );
+    let other = head(d, "test.jsonl", 64); // other records, same tokenizer and shape
+    ember_ok(
+        d,
+        &[
+            "data",
+            "prepare-chat",
+            "--train",
+            other.to_str().unwrap(),
+            "--validation",
+            test.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--out",
+            "sft2",
+            "--seq-len",
+            "512",
+        ],
+    );
+    let mut wrong = kd.to_vec();
+    wrong[4] = "sft2";
+    wrong[6] = "kd2";
+    let err = crate::ember_err(d, &wrong);
+    assert!(err.contains("does not hold the tokens"), "{err}");
+
     // the resolved recipe records where the weights came from
     let recipe = std::fs::read_to_string(d.join("tuned/train_config.toml")).unwrap();
     assert!(recipe.contains("init_from = \"base/model\""), "{recipe}");

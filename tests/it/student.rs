@@ -294,7 +294,17 @@ fn llama_cpp_predicts_the_same_top5_as_ember_on_the_gguf_export() {
     for quant in ["f16", "q8_0"] {
         crate::ember_ok(
             dir.path(),
-            &["export", "--model", "trained", "--format", "gguf", "--quant", quant, "--out", &format!("m-{quant}.gguf")],
+            &[
+                "export",
+                "--model",
+                "trained",
+                "--format",
+                "gguf",
+                "--quant",
+                quant,
+                "--out",
+                &format!("m-{quant}.gguf"),
+            ],
         );
     }
     let (_server, url) = crate::record::start_server(&trained, &["--max-logprobs", "5"]);
@@ -306,17 +316,58 @@ fn llama_cpp_predicts_the_same_top5_as_ember_on_the_gguf_export() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     run(&[
-        "reference", "--url", &url, "--model", "teacher", "--dataset", crate::small_dataset().to_str().unwrap(),
-        "--rows", "3", "--tokens", "32", "--out", "ref.json",
+        "reference",
+        "--url",
+        &url,
+        "--model",
+        "teacher",
+        "--dataset",
+        crate::small_dataset().to_str().unwrap(),
+        "--rows",
+        "3",
+        "--tokens",
+        "32",
+        "--out",
+        "ref.json",
     ]);
-    let text = run(&["compare", "--top5-bin", &top5, "--min-f16-top1", "0.95", "--ref", "ref.json", "m-f16.gguf", "m-q8_0.gguf"]);
-    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text = run(&[
+        "compare",
+        "--top5-bin",
+        &top5,
+        "--min-f16-top1",
+        "0.95",
+        "--ref",
+        "ref.json",
+        "m-f16.gguf",
+        "m-q8_0.gguf",
+    ]);
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     eprintln!("{rows:?}");
-    assert!(rows[0]["top1_agreement"].as_f64().unwrap() >= 0.95, "f16: {}", rows[0]);
-    assert!(rows[0]["max_abs_logprob_diff_on_shared_top5"].as_f64().unwrap() < 0.01);
-    assert!(rows[1]["top1_agreement"].as_f64().unwrap() >= 0.8, "q8_0: {}", rows[1]);
+    assert!(
+        rows[0]["top1_agreement"].as_f64().unwrap() >= 0.95,
+        "f16: {}",
+        rows[0]
+    );
+    assert!(
+        rows[0]["max_abs_logprob_diff_on_shared_top5"]
+            .as_f64()
+            .unwrap()
+            < 0.01
+    );
+    assert!(
+        rows[1]["top1_agreement"].as_f64().unwrap() >= 0.8,
+        "q8_0: {}",
+        rows[1]
+    );
 }

@@ -60,6 +60,9 @@ pub struct LogitsStream {
     pub manifest: LogitsManifest,
     /// Entries per position used for training: the first `keep_k` of the recorded k.
     pub keep_k: usize,
+    /// The recorded dataset when it has labels (instruction data): targets come from its
+    /// `labels` column (-100 on prompts and padding) by each row's `row_index`.
+    pub labels: Option<TokenDataset>,
     order: Vec<(usize, usize)>,
     cache: Option<(usize, Vec<LogitsRow>)>,
 }
@@ -70,6 +73,7 @@ impl LogitsStream {
         Ok(Self {
             dir: dir.to_path_buf(),
             keep_k: manifest.meta.k,
+            labels: None,
             manifest,
             order: Vec::new(),
             cache: None,
@@ -257,7 +261,25 @@ impl Source {
                     .iter()
                     .flat_map(|r| r.input_ids.iter().copied())
                     .collect();
-                let (inputs, targets) = next_token_batch(&flat, t, device);
+                let (inputs, mut targets) = next_token_batch(&flat, t, device);
+                if let Some(data) = &stream.labels {
+                    let mut labels = Vec::with_capacity(rows.len() * (t - 1));
+                    for r in &rows {
+                        let i = r.row_index as usize;
+                        if i >= data.len() || data.row(i) != r.input_ids.as_slice() {
+                            return Err(TrainError::Config {
+                                path: stream.dir.clone(),
+                                message: format!(
+                                    "logits row {i} does not hold the tokens of row {i} of dataset {}: record the logits on this dataset",
+                                    data.dir.display()
+                                ),
+                            });
+                        }
+                        labels.extend_from_slice(&data.labels(i).expect("labels")[1..]);
+                    }
+                    targets =
+                        Tensor::from_data(TensorData::new(labels, [rows.len(), t - 1]), device);
+                }
                 let refs: Vec<&LogitsRow> = rows.iter().collect();
                 let teacher = targets_from_rows(
                     &refs,

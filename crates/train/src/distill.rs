@@ -88,6 +88,9 @@ pub fn build_source(
     match (&teacher.logits, &teacher.model) {
         (Some(dir), None) => {
             let mut stream = LogitsStream::open(dir)?;
+            if train.labels(0).is_some() {
+                stream.labels = Some(train);
+            }
             stream.keep_k = teacher
                 .top_k
                 .map_or(stream.manifest.meta.k, |k| k.min(stream.manifest.meta.k));
