@@ -2,7 +2,7 @@
 have, plus PyTorch eager on CPU (and CUDA when present), in one run; one JSON table.
 
 Step: Ember's `tiny` student shape (or --hidden/--layers), forward, forward KL over the teacher's
-top-k + tail, backward, AdamW; the same as benches/compare_kd_step.py.
+top-k + tail, backward, AdamW (the step `ember bench kd-step` times).
 
     python benches/compare_backends.py --ember /work/target/debug/ember [--batch 16 --seq 255]
 

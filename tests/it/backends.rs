@@ -7,7 +7,7 @@ use burn::prelude::*;
 use ember_student::{SaveDtype, StudentConfig, load_hf, save_hf};
 use ember_train::cross_entropy;
 
-use crate::{ember, ember_ok, small_dataset};
+use crate::{SMALL_STUDENT, ember, ember_ok, small_dataset};
 
 /// `(logits before, loss, logits after one AdamW step)` of the same saved student on `device`.
 #[allow(dead_code)]
@@ -144,36 +144,24 @@ fn bf16_training_learns_like_f32() {
     let dir = tempfile::tempdir().unwrap();
     let run = |precision: &str| -> serde_json::Value {
         let out = dir.path().join(precision);
-        ember_ok(
-            dir.path(),
-            &[
-                "train",
-                "--dataset",
-                ds.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--max-steps",
-                "40",
-                "--set",
-                "model.hidden_size=64",
-                "--set",
-                "model.intermediate_size=128",
-                "--set",
-                "model.num_hidden_layers=2",
-                "--set",
-                "model.num_attention_heads=4",
-                "--set",
-                "model.num_key_value_heads=2",
-                "--set",
-                "train.batch_size=8",
-                "--set",
-                "train.warmup_steps=4",
-                "--set",
-                "train.eval_every=0",
-                "--set",
-                &format!("train.precision=\"{precision}\""),
-            ],
-        );
+        let precision = format!("train.precision=\"{precision}\"");
+        let mut args = vec![
+            "train",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "40",
+            "--set",
+            "train.warmup_steps=4",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            &precision,
+        ];
+        args.extend(SMALL_STUDENT);
+        ember_ok(dir.path(), &args);
         let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         let rows: Vec<serde_json::Value> = text
             .lines()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ember_data::{Split, TokenDataset, load_tokenizer};
 
-use crate::{ember_ok, python, root, small_dataset};
+use crate::{SMALL_STUDENT, ember_ok, python, root, small_dataset};
 
 /// The first `n` records of datasets/logistics/<file>.
 fn head(dir: &Path, file: &str, n: usize) -> std::path::PathBuf {
@@ -23,23 +23,26 @@ fn chat_rows_mask_the_prompt_and_padding_and_fine_tuning_lowers_the_answer_loss(
     let tok = small_dataset().join("tokenizer.json");
     let train = head(d, "train.jsonl", 64);
     let test = head(d, "test.jsonl", 8);
-    let out = ember_ok(
-        d,
-        &[
-            "data",
-            "prepare-chat",
-            "--train",
-            train.to_str().unwrap(),
-            "--validation",
-            test.to_str().unwrap(),
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--out",
-            "sft",
-            "--seq-len",
-            "512",
-        ],
-    );
+    let prepare = |records: &Path, out: &str| {
+        ember_ok(
+            d,
+            &[
+                "data",
+                "prepare-chat",
+                "--train",
+                records.to_str().unwrap(),
+                "--validation",
+                test.to_str().unwrap(),
+                "--tokenizer",
+                tok.to_str().unwrap(),
+                "--out",
+                out,
+                "--seq-len",
+                "512",
+            ],
+        )
+    };
+    let out = prepare(&train, "sft");
     assert!(out.contains("64 train + 8 validation records"), "{out}");
 
     // rows: prompt, answer + EOS, padding; labels carry exactly the answer + EOS
@@ -104,7 +107,7 @@ fn chat_rows_mask_the_prompt_and_padding_and_fine_tuning_lowers_the_answer_loss(
     );
 
     // a small base model, then fine-tuned from it on the answers only
-    let base_args = [
+    let mut base_args = vec![
         "train",
         "--dataset",
         small_dataset().to_str().unwrap(),
@@ -113,20 +116,9 @@ fn chat_rows_mask_the_prompt_and_padding_and_fine_tuning_lowers_the_answer_loss(
         "--max-steps",
         "10",
         "--set",
-        "model.hidden_size=64",
-        "--set",
-        "model.intermediate_size=128",
-        "--set",
-        "model.num_hidden_layers=2",
-        "--set",
-        "model.num_attention_heads=4",
-        "--set",
-        "model.num_key_value_heads=2",
-        "--set",
         "train.warmup_steps=2",
-        "--set",
-        "train.batch_size=8",
     ];
+    base_args.extend(SMALL_STUDENT);
     ember_ok(d, &base_args);
     let eval = |model: &str, name: &str| -> serde_json::Value {
         let report = d.join(name);
@@ -223,23 +215,7 @@ fn chat_rows_mask_the_prompt_and_padding_and_fine_tuning_lowers_the_answer_loss(
         "offline KD on the answers lowers their loss"
     );
     let other = head(d, "test.jsonl", 64); // other records, same tokenizer and shape
-    ember_ok(
-        d,
-        &[
-            "data",
-            "prepare-chat",
-            "--train",
-            other.to_str().unwrap(),
-            "--validation",
-            test.to_str().unwrap(),
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--out",
-            "sft2",
-            "--seq-len",
-            "512",
-        ],
-    );
+    prepare(&other, "sft2");
     let mut wrong = kd.to_vec();
     wrong[4] = "sft2";
     wrong[6] = "kd2";

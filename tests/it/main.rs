@@ -16,6 +16,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+/// `--set` overrides that make the small test student: d 64, 2 layers, 4 / 2 heads, batch 8.
+pub const SMALL_STUDENT: [&str; 12] = [
+    "--set",
+    "model.hidden_size=64",
+    "--set",
+    "model.intermediate_size=128",
+    "--set",
+    "model.num_hidden_layers=2",
+    "--set",
+    "model.num_attention_heads=4",
+    "--set",
+    "model.num_key_value_heads=2",
+    "--set",
+    "train.batch_size=8",
+];
+
 /// Repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -57,7 +57,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Same shapes and loss as benches/compare_kd_step.py; prints one JSON line.
+/// Same shapes and loss as the PyTorch step of benches/compare_backends.py; prints one JSON line.
 fn kd_step(a: KdStepArgs) -> anyhow::Result<()> {
     let precision = match a.precision {
         PrecisionArg::F32 => Precision::F32,

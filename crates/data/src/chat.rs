@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::prepare::{eos_id, token_schema, unigram_baseline};
+use crate::prepare::{eos_id, start_dataset_dir, token_schema, unigram_baseline};
 use crate::{
     DataError, DatasetManifest, PrepareConfig, ShardInfo, Split, TOKENS_FORMAT_VERSION,
     load_tokenizer, tokenizer_hash, write_atomic, write_ipc_atomic,
@@ -164,19 +164,7 @@ pub fn prepare_chat(cfg: &ChatPrepareConfig) -> Result<DatasetManifest, DataErro
     let tokenizer = load_tokenizer(&cfg.tokenizer)?;
     let info = tokenizer_hash(&tokenizer, &cfg.tokenizer)?;
     let eos = eos_id(&tokenizer, &cfg.tokenizer, cfg.eos_token.as_deref())?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DataError::Io { path, source }
-    };
-    std::fs::create_dir_all(&cfg.out).map_err(io(&cfg.out))?;
-    let manifest_path = cfg.out.join(DatasetManifest::FILE);
-    if manifest_path.exists() {
-        std::fs::remove_file(&manifest_path).map_err(io(&manifest_path))?;
-    }
-    write_atomic(
-        &cfg.out.join("tokenizer.json"),
-        &std::fs::read(&cfg.tokenizer).map_err(io(&cfg.tokenizer))?,
-    )?;
+    let manifest_path = start_dataset_dir(&cfg.out, &cfg.tokenizer)?;
     let t = cfg.seq_len;
     let mut splits = BTreeMap::new();
     let mut counts = [vec![0u64; info.vocab_size], vec![0u64; info.vocab_size]];

@@ -158,19 +158,7 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
     let info = tokenizer_hash(&tokenizer, &cfg.tokenizer)?;
     let eos_token_id = eos_id(&tokenizer, &cfg.tokenizer, cfg.eos_token.as_deref())?;
 
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DataError::Io { path, source }
-    };
-    std::fs::create_dir_all(&cfg.out).map_err(io(&cfg.out))?;
-    // A dataset is only valid once its manifest exists: drop any stale one first.
-    let manifest_path = cfg.out.join(DatasetManifest::FILE);
-    if manifest_path.exists() {
-        std::fs::remove_file(&manifest_path).map_err(io(&manifest_path))?;
-    }
-    let tok_copy = cfg.out.join("tokenizer.json");
-    let tok_json = std::fs::read(&cfg.tokenizer).map_err(io(&cfg.tokenizer))?;
-    write_atomic(&tok_copy, &tok_json)?;
+    let manifest_path = start_dataset_dir(&cfg.out, &cfg.tokenizer)?;
 
     let input_bytes: u64 = files
         .iter()
@@ -255,6 +243,23 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
         input_bytes,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Create the output directory of a dataset, drop any stale manifest (a dataset is only valid
+/// once its manifest exists) and copy the tokenizer in. Returns the manifest path.
+pub(crate) fn start_dataset_dir(out: &Path, tokenizer: &Path) -> Result<PathBuf, DataError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let manifest_path = out.join(DatasetManifest::FILE);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path).map_err(io(&manifest_path))?;
+    }
+    let tok_json = std::fs::read(tokenizer).map_err(io(tokenizer))?;
+    write_atomic(&out.join("tokenizer.json"), &tok_json)?;
+    Ok(manifest_path)
 }
 
 /// Expand directories into their `.txt`/`.jsonl` files, sorted for determinism.
