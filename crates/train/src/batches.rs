@@ -113,7 +113,6 @@ impl LogitsStream {
     }
 }
 
-/// Teacher targets for positions `0..T-1` of rows holding `T * k` entries each.
 /// Teacher targets from recorded rows of `recorded_k` entries per position, keeping the
 /// first (most likely) `k <= recorded_k` of each position.
 pub fn targets_from_rows(
@@ -125,21 +124,13 @@ pub fn targets_from_rows(
     device: &Device,
 ) -> TeacherTargets {
     let t = rows[0].input_ids.len() - 1;
-    let take = |v: &[i32]| -> Vec<i32> {
-        (0..t)
-            .flat_map(|p| v[p * recorded_k..p * recorded_k + k].iter().copied())
-            .collect()
-    };
-    let ids: Vec<i32> = rows.iter().flat_map(|r| take(&r.topk_ids)).collect();
+    let ids: Vec<i32> = rows
+        .iter()
+        .flat_map(|r| first_k(&r.topk_ids, t, recorded_k, k))
+        .collect();
     let lps: Vec<f32> = rows
         .iter()
-        .flat_map(|r| {
-            (0..t).flat_map(move |p| {
-                r.topk_logprobs[p * recorded_k..p * recorded_k + k]
-                    .iter()
-                    .copied()
-            })
-        })
+        .flat_map(|r| first_k(&r.topk_logprobs, t, recorded_k, k))
         .collect();
     TeacherTargets::new(
         &ids,
@@ -151,6 +142,16 @@ pub fn targets_from_rows(
         temperature,
         device,
     )
+}
+
+/// The first `k` of each position's `recorded_k` entries, positions `0..t`.
+fn first_k<T: Copy>(
+    v: &[T],
+    t: usize,
+    recorded_k: usize,
+    k: usize,
+) -> impl Iterator<Item = T> + '_ {
+    (0..t).flat_map(move |p| v[p * recorded_k..p * recorded_k + k].iter().copied())
 }
 
 /// Run the online teacher on token rows and keep its top-k (temperature 1; the loss re-tempers).

@@ -19,9 +19,9 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use serde::{Deserialize, Serialize};
 
 use crate::loss::position_mask;
-use serde::{Deserialize, Serialize};
 
 /// Which divergence between teacher `P` and student `Q`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
