@@ -104,7 +104,7 @@ impl BackendArgs {
                 {
                     not_built(
                         "cuda",
-                        "needs an NVIDIA driver at run time, no CUDA toolkit",
+                        "needs an NVIDIA driver at run time and network access at build time for CubeCL's LLVM bundle",
                     )
                 }
             }
