@@ -326,3 +326,161 @@ fn negative_labels_mask_their_positions_out_of_every_loss() {
     expected /= kept.len() as f64;
     assert!((ce - expected).abs() < 1e-5, "masked CE {ce} vs {expected}");
 }
+
+/// Gradient of `f(x)` with respect to `x` (autodiff on `device`).
+fn grad_of(logits: &[f32], device: &Device, f: impl Fn(Tensor<3>) -> Tensor<1>) -> (f32, Vec<f32>) {
+    let ad = device.clone().autodiff();
+    let x = Tensor::<3>::from_data(TensorData::new(logits.to_vec(), [B, T, V]), &ad).require_grad();
+    let loss = f(x.clone());
+    let g = x.grad(&loss.backward()).unwrap();
+    (
+        loss.into_scalar::<f32>(),
+        g.into_data().try_into_vec_as::<f32>().unwrap(),
+    )
+}
+
+/// Training uses the fused losses (closed-form gradient with respect to the logits); they
+/// must give what plain autodiff through the unfused ops gives, masks included.
+#[test]
+fn fused_losses_match_autodiff_through_the_unfused_ops() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let (logits, ids, lps, mut labels) = inputs();
+    labels[4] = -100;
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    for (cfg, spec) in cases() {
+        let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &ad);
+        let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
+        let (fused, gf) = grad_of(&logits, &device, |x| kd_loss(x, &teacher, y(), &cfg).total);
+        let (plain, gp) = grad_of(&logits, &device, |x| {
+            ember_train::kd_loss_unfused(x, &teacher, y(), &cfg).total
+        });
+        assert!((fused - plain).abs() < 1e-6, "{spec}: {fused} vs {plain}");
+        assert!(
+            max_diff(&gf, &gp) < 1e-6,
+            "{spec}: gradient differs by {}",
+            max_diff(&gf, &gp)
+        );
+        assert!(gf.iter().any(|g| *g != 0.0));
+    }
+    let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
+    let (fused, gf) = grad_of(&logits, &device, |x| ember_train::cross_entropy(x, y()));
+    let (plain, gp) = grad_of(&logits, &device, |x| {
+        let [b, t, _] = x.dims();
+        let logp = burn::tensor::activation::log_softmax(x, 2);
+        let mask = y().greater_equal_elem(0).float().reshape([b, t, 1]);
+        let kept = mask.clone().sum();
+        (logp.gather(2, y().clamp_min(0).reshape([b, t, 1])) * mask)
+            .sum()
+            .div(kept)
+            .neg()
+    });
+    assert!(
+        (fused - plain).abs() < 1e-6,
+        "cross-entropy: {fused} vs {plain}"
+    );
+    assert!(
+        max_diff(&gf, &gp) < 1e-6,
+        "cross-entropy gradient differs by {}",
+        max_diff(&gf, &gp)
+    );
+}
+
+/// The training loss from hidden states (logits computed chunk by chunk, never tracked)
+/// gives the values and the gradients of autodiff through `hidden @ weight` and the
+/// unfused loss, for every loss, with masked positions, one chunk or several.
+#[test]
+fn loss_from_hidden_states_matches_autodiff_through_the_projection() {
+    const D: usize = 8;
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let (_, ids, lps, mut labels) = inputs();
+    labels[2] = -100;
+    let hidden = noise(B * T * D, 3);
+    let weight: Vec<f32> = noise(D * V, 4).iter().map(|x| x * 2.0).collect();
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let leaves = || {
+        (
+            Tensor::<3>::from_data(TensorData::new(hidden.clone(), [B, T, D]), &ad).require_grad(),
+            Tensor::<2>::from_data(TensorData::new(weight.clone(), [D, V]), &ad).require_grad(),
+        )
+    };
+    let grads_of = |total: Tensor<1>, h: &Tensor<3>, w: &Tensor<2>| {
+        let grads = total.backward();
+        let v = |t: Option<Tensor<3>>| t.unwrap().into_data().try_into_vec_as::<f32>().unwrap();
+        (v(h.grad(&grads)), v(w.grad(&grads).map(|g| g.unsqueeze())))
+    };
+    let mut runs: Vec<(Option<KdConfig>, String)> = cases()
+        .into_iter()
+        .map(|(c, s)| (Some(c), s.to_string()))
+        .collect();
+    runs.push((None, "cross-entropy only".into()));
+    for (cfg, spec) in runs {
+        let temperature = cfg.as_ref().map_or(1.0, |c| c.temperature);
+        let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, temperature, &ad);
+        let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
+        // reference: plain autodiff through the projection and the unfused loss
+        let (h, w) = leaves();
+        let logits = h.clone().matmul(w.clone().unsqueeze());
+        let reference = match &cfg {
+            Some(cfg) => ember_train::kd_loss_unfused(logits.clone(), &teacher, y(), cfg).total,
+            None => {
+                let [b, t, _] = logits.dims();
+                let logp = burn::tensor::activation::log_softmax(logits.clone(), 2);
+                let mask = y().greater_equal_elem(0).float().reshape([b, t, 1]);
+                let kept = mask.clone().sum();
+                (logp.gather(2, y().clamp_min(0).reshape([b, t, 1])) * mask)
+                    .sum()
+                    .div(kept)
+                    .neg()
+            }
+        };
+        let argmax: Vec<i64> = logits
+            .argmax(2)
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .unwrap();
+        let value = reference.clone().into_scalar::<f32>();
+        let (rh, rw) = grads_of(reference, &h, &w);
+        for chunk in [B * T, 4, 1] {
+            let (h, w) = leaves();
+            let cfg_or_default = cfg.clone().unwrap_or_default();
+            let out = ember_train::loss_from_hidden_in_chunks(
+                h.clone(),
+                w.clone(),
+                cfg.as_ref().map(|_| &teacher),
+                y(),
+                &cfg_or_default,
+                chunk,
+            );
+            assert_eq!(out.argmax, argmax, "{spec}");
+            let got = out.out.total.clone().into_scalar::<f32>();
+            assert!(
+                (got - value).abs() < 1e-5,
+                "{spec}, chunk {chunk}: {got} vs {value}"
+            );
+            let (gh, gw) = grads_of(out.out.total, &h, &w);
+            assert!(
+                max_diff(&gh, &rh) < 1e-5,
+                "{spec}, chunk {chunk}: hidden gradient differs by {}",
+                max_diff(&gh, &rh)
+            );
+            assert!(
+                max_diff(&gw, &rw) < 1e-5,
+                "{spec}, chunk {chunk}: weight gradient differs by {}",
+                max_diff(&gw, &rw)
+            );
+            assert!(gh.iter().any(|g| *g != 0.0) && gw.iter().any(|g| *g != 0.0));
+        }
+    }
+}

@@ -7,7 +7,7 @@ use burn::tensor::DType;
 use clap::{Args, Subcommand};
 use ember_student::{Student, StudentConfig};
 use ember_teacher::load_teacher;
-use ember_train::{KdConfig, Precision, TeacherTargets, kd_loss};
+use ember_train::{KdConfig, Precision, TeacherTargets, loss_from_hidden};
 
 use crate::backend::BackendArgs;
 
@@ -85,7 +85,9 @@ fn kd_step(a: KdStepArgs) -> anyhow::Result<()> {
         let x = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &ad);
         let y = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [b, t]), &ad);
         let targets = TeacherTargets::new(&tids, &tlp, b, t, k, v, 1.0, &ad);
-        let out = kd_loss(model.forward(x).cast(DType::F32), &targets, y, &kd);
+        // as `ember distill` trains: logits chunk by chunk inside the loss
+        let hidden = model.forward_hidden(x, None);
+        let out = loss_from_hidden(hidden, model.head_weight(), Some(&targets), y, &kd).out;
         let loss = out.total.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(out.total.backward(), &model);
         (optim.step(1e-3, model, grads), loss)

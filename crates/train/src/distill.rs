@@ -181,7 +181,12 @@ pub fn agreement(logits: &Tensor<3>, teacher_top1: &[i32]) -> f64 {
         .into_data()
         .try_into_vec_as::<i64>()
         .expect("int argmax");
-    let hits = am
+    top1_agreement(&am, teacher_top1)
+}
+
+/// Share of positions where the student's most likely token is the teacher's.
+pub fn top1_agreement(student_top1: &[i64], teacher_top1: &[i32]) -> f64 {
+    let hits = student_top1
         .iter()
         .zip(teacher_top1)
         .filter(|(a, b)| **a == **b as i64)

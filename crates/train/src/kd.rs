@@ -13,12 +13,22 @@
 //! equals the recording temperature). KD terms are multiplied by `T^2` (Hinton et al.)
 //! so gradients keep their scale across temperatures.
 //!
-//! Student normalisation is a log-sum-exp computed in chunks of the vocabulary, and
-//! teacher distributions are never densified: besides the student's own logits, memory
-//! is `O(B * T * k)`.
+//! Teacher distributions are never densified. Two implementations give the same values
+//! and gradients (pinned against each other and against PyTorch in tests/it/kd.rs):
+//!
+//! - **fused** (used whenever the logits are tracked by autodiff, i.e. in training): the
+//!   loss depends on the logits only through the student's log-probabilities of the
+//!   teacher's `k` tokens (and, for the uniform tail, their sum over the vocabulary), so
+//!   autodiff runs on those `[B, T, k]` tensors alone and the gradient with respect to the
+//!   logits is assembled in closed form, `dL/dz = (scatter(g) - q * sum(g)) / T` plus the
+//!   cross-entropy term `(q - onehot(y)) / n` (Liger-Kernel's approach). The backward pass
+//!   then costs one multiply over `[B, T, V]` instead of a chain of element-wise ops, and
+//!   the only buffer beyond the logits is the one that becomes their gradient.
+//! - **unfused** ([`kd_loss_unfused`], used for evaluation): plain tensor ops with a
+//!   log-sum-exp in chunks of the vocabulary, so no `[B, T, V]` copy beyond the logits.
 
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{DType, IndexingUpdateOp};
 use serde::{Deserialize, Serialize};
 
 use crate::loss::position_mask;
@@ -193,23 +203,17 @@ fn kl(p: Tensor<3>, logp: Tensor<3>, logq: Tensor<3>) -> Tensor<3> {
     (p * (logp - logq)).mask_fill(zero, 0.0).sum_dim(2)
 }
 
-/// Distillation loss of `student_logits: [b, t, V]` against `teacher`, with hard `labels: [b, t]`.
-pub fn kd_loss(
-    student_logits: Tensor<3>,
+/// Per-position divergence `[b, t, 1]` (before the `T^2` factor) from the student's
+/// log-probabilities `logq: [b, t, k]` of the teacher's top-k at temperature T, and, for
+/// [`TailMode::Uniform`], `sum_all: [b, t, 1]`, the sum of its log-probabilities over all
+/// `vocab` tokens.
+fn divergence(
+    logq: Tensor<3>,
+    sum_all: Option<Tensor<3>>,
+    vocab: usize,
     teacher: &TeacherTargets,
-    labels: Tensor<2, Int>,
     cfg: &KdConfig,
-) -> KdOutput {
-    let temp = cfg.temperature;
-    let [b, t, _] = student_logits.dims();
-    // student log-probabilities of the teacher's top-k and of the tail, at temperature T
-    let z = if temp == 1.0 {
-        student_logits.clone()
-    } else {
-        student_logits.clone().div_scalar(temp)
-    };
-    let lse = chunked_logsumexp(z.clone(), cfg.vocab_chunk);
-    let logq = z.clone().gather(2, teacher.ids.clone()) - lse.clone();
+) -> Tensor<3> {
     let q = logq.clone().exp() * teacher.valid.clone();
     // student tail from its own top-k mass; clamped so its log stays finite
     let q_tail = (q.clone().sum_dim(2).neg() + 1.0).clamp(EPS, 1.0);
@@ -220,15 +224,14 @@ pub fn kd_loss(
     let p_tail = teacher.tail.clone();
     let logp_tail = p_tail.clone().clamp_min(EPS).log();
 
-    let per_pos: Tensor<3> = match (cfg.loss, cfg.tail) {
+    match (cfg.loss, cfg.tail) {
         (KdLoss::ForwardKl, TailMode::Uniform) => {
             // teacher tail spread over the m student tokens outside its top-k:
             // sum_{j not in S} u (log u - log q_j) = p_tail log u - u (sum_all log q - sum_S log q)
-            let v = z.dims()[2] as f64;
             let valid = teacher.valid.clone();
-            let m = valid.clone().sum_dim(2).neg() + v;
+            let m = valid.clone().sum_dim(2).neg() + vocab as f64;
             let u = p_tail.clone() / m;
-            let sum_all = z.clone().sum_dim(2) - lse.clone().mul_scalar(v);
+            let sum_all = sum_all.expect("the uniform tail needs the sum of log q");
             let sum_s = (logq.clone() * valid).sum_dim(2);
             kl(p, logp, logq) + p_tail * u.clone().clamp_min(EPS).log() - u * (sum_all - sum_s)
         }
@@ -247,9 +250,49 @@ pub fn kd_loss(
             kl(p, logp, m.clamp_min(EPS).log()) + kl(p_tail, logp_tail, m_tail.clamp_min(EPS).log())
         }
         (KdLoss::Tvd, _) => ((p - q).abs().sum_dim(2) + (p_tail - q_tail).abs()).mul_scalar(0.5),
+    }
+}
+
+/// Distillation loss of `student_logits: [b, t, V]` against `teacher`, with hard `labels: [b, t]`.
+///
+/// Positions whose label is negative (padding, prompt tokens: the HF -100 convention) are
+/// left out of both losses; means are over the kept positions. When the logits are tracked
+/// by autodiff the fused implementation runs (see the module docs), otherwise
+/// [`kd_loss_unfused`]; both give the same values and gradients.
+pub fn kd_loss(
+    student_logits: Tensor<3>,
+    teacher: &TeacherTargets,
+    labels: Tensor<2, Int>,
+    cfg: &KdConfig,
+) -> KdOutput {
+    if student_logits.is_tracked() {
+        kd_loss_fused(student_logits, teacher, labels, cfg)
+    } else {
+        kd_loss_unfused(student_logits, teacher, labels, cfg)
+    }
+}
+
+/// [`kd_loss`] as plain tensor ops (autodiff differentiates every step), with the
+/// student's log-sum-exp computed in chunks of `cfg.vocab_chunk` columns.
+pub fn kd_loss_unfused(
+    student_logits: Tensor<3>,
+    teacher: &TeacherTargets,
+    labels: Tensor<2, Int>,
+    cfg: &KdConfig,
+) -> KdOutput {
+    let temp = cfg.temperature;
+    let [b, t, v] = student_logits.dims();
+    // student log-probabilities of the teacher's top-k at temperature T
+    let z = if temp == 1.0 {
+        student_logits.clone()
+    } else {
+        student_logits.clone().div_scalar(temp)
     };
-    // positions whose label is negative (padding, prompt tokens: the HF -100 convention)
-    // are left out of both losses; means are over the kept positions
+    let lse = chunked_logsumexp(z.clone(), cfg.vocab_chunk);
+    let logq = z.clone().gather(2, teacher.ids.clone()) - lse.clone();
+    let sum_all = (cfg.tail == TailMode::Uniform)
+        .then(|| z.clone().sum_dim(2) - lse.clone().mul_scalar(v as f64));
+    let per_pos = divergence(logq, sum_all, v, teacher, cfg);
     let (mask, kept) = position_mask(&labels);
     let mask = mask.reshape([b, t, 1]);
     let kd = (per_pos * mask.clone())
@@ -266,4 +309,320 @@ pub fn kd_loss(
     let ce = ((lse1 - picked) * mask).sum().div(kept);
     let total = ce.clone().mul_scalar(cfg.ce_weight) + kd.clone().mul_scalar(1.0 - cfg.ce_weight);
     KdOutput { total, kd, ce }
+}
+
+/// Softmax pieces over the last axis of `x: [b, t, V]` (no autodiff), in four passes:
+/// `exp(x - max)`, its sum, `logsumexp(x)`, and the argmax (from the same pass as the max).
+struct SoftmaxParts {
+    exp: Tensor<3>,
+    sum: Tensor<3>,
+    lse: Tensor<3>,
+    argmax: Tensor<3, Int>,
+}
+
+fn softmax_parts(x: Tensor<3>) -> SoftmaxParts {
+    let (max, argmax) = x.clone().max_dim_with_indices(2);
+    let exp = (x - max.clone()).exp();
+    let sum = exp.clone().sum_dim(2);
+    let lse = sum.clone().log() + max;
+    SoftmaxParts {
+        exp,
+        sum,
+        lse,
+        argmax,
+    }
+}
+
+/// A loss whose value is `value` and whose gradient with respect to `logits` is `grad`
+/// (both without autodiff): `value + sum(logits * grad) - detach(sum(logits * grad))`.
+fn with_gradient(logits: Tensor<3>, grad: Tensor<3>, value: Tensor<1>) -> Tensor<1> {
+    let surrogate = (logits * grad).sum();
+    surrogate.clone() - surrogate.detach() + value
+}
+
+/// [`kd_loss`] for tracked logits: the gradient with respect to them in closed form.
+fn kd_loss_fused(
+    student_logits: Tensor<3>,
+    teacher: &TeacherTargets,
+    labels: Tensor<2, Int>,
+    cfg: &KdConfig,
+) -> KdOutput {
+    let (mask, kept) = position_mask(&labels.clone().inner());
+    let [b, t, _] = student_logits.dims();
+    let part = fused_part(
+        student_logits.clone().inner(),
+        Some(teacher),
+        labels.inner(),
+        mask.reshape([b, t, 1]),
+        kept,
+        cfg,
+    );
+    let value = part.value(cfg.ce_weight);
+    let total = with_gradient(student_logits, part.grad, value);
+    KdOutput {
+        total,
+        kd: part.kd,
+        ce: part.ce,
+    }
+}
+
+/// Mean cross-entropy of tracked `logits: [b, t, V]` against `targets: [b, t]` (negative
+/// targets left out), with the gradient `(softmax(z) - onehot(y)) / n` in closed form.
+pub(crate) fn cross_entropy_fused(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, _] = logits.dims();
+    let (mask, kept) = position_mask(&targets.clone().inner());
+    let cfg = KdConfig {
+        ce_weight: 1.0,
+        ..KdConfig::default()
+    };
+    let part = fused_part(
+        logits.clone().inner(),
+        None,
+        targets.inner(),
+        mask.reshape([b, t, 1]),
+        kept,
+        &cfg,
+    );
+    let value = part.value(1.0);
+    with_gradient(logits, part.grad, value)
+}
+
+/// Loss values and gradient with respect to the logits of some positions (no autodiff).
+struct FusedPart {
+    /// `[b, t, V]`
+    grad: Tensor<3>,
+    kd: Tensor<1>,
+    ce: Tensor<1>,
+    /// `[b, t]` the most likely token of each position.
+    argmax: Tensor<2, Int>,
+}
+
+impl FusedPart {
+    fn value(&self, ce_weight: f64) -> Tensor<1> {
+        self.ce.clone().mul_scalar(ce_weight) + self.kd.clone().mul_scalar(1.0 - ce_weight)
+    }
+}
+
+/// The fused loss on logits `x: [b, t, V]` (without autodiff) of some positions, whose
+/// KD and CE sums are divided by `kept`, the number of kept positions of the whole batch.
+/// Without a teacher only the cross-entropy is computed (and `cfg.ce_weight` must be 1).
+fn fused_part(
+    x: Tensor<3>,
+    teacher: Option<&TeacherTargets>,
+    labels: Tensor<2, Int>,
+    mask: Tensor<3>,
+    kept: Tensor<1>,
+    cfg: &KdConfig,
+) -> FusedPart {
+    let (temp, w) = (cfg.temperature, cfg.ce_weight);
+    let [b, t, v] = x.dims();
+    let ce_w = mask
+        .clone()
+        .div(kept.clone().reshape([1, 1, 1]))
+        .mul_scalar(w);
+    let y = labels.clamp_min(0).reshape([b, t, 1]);
+    let argmax;
+    let (mut grad, kd, lse1) = match teacher {
+        None => {
+            let sm = softmax_parts(x.clone());
+            argmax = Some(sm.argmax);
+            let grad = sm.exp * (ce_w.clone() / sm.sum);
+            let kd = Tensor::<1>::zeros([1], &x.device()).cast(DType::F32);
+            (grad, kd, sm.lse)
+        }
+        Some(teacher) => {
+            let ids = teacher.ids.clone().inner();
+            let zt = if temp == 1.0 {
+                x.clone()
+            } else {
+                x.clone().div_scalar(temp)
+            };
+            let sm = softmax_parts(zt.clone());
+            argmax = Some(sm.argmax);
+            let lse = sm.lse;
+            let logq = zt.clone().gather(2, ids.clone()) - lse.clone();
+            let sum_all = (cfg.tail == TailMode::Uniform)
+                .then(|| zt.sum_dim(2) - lse.clone().mul_scalar(v as f64));
+
+            // the KD term and its gradient with respect to logq (and sum_all), on [b, t, k]
+            let leaf = logq.autodiff().require_grad();
+            let leaf_sum = sum_all.map(|s| s.autodiff().require_grad());
+            let kd = (divergence(leaf.clone(), leaf_sum.clone(), v, teacher, cfg) * mask.clone())
+                .sum()
+                .div(kept.clone())
+                .mul_scalar(temp * temp);
+            let grads = kd.backward();
+            let kd = kd.inner();
+            let zeros = |dims: [usize; 3]| Tensor::<3>::zeros(dims, &x.device()).cast(DType::F32);
+            let g = leaf
+                .grad(&grads)
+                .unwrap_or_else(|| zeros([b, t, ids.dims()[2]]));
+            let h = leaf_sum.map(|l| l.grad(&grads).unwrap_or_else(|| zeros([b, t, 1])));
+
+            // d logq_i / d zt_j = [i = j] - q_j;  d sum_all / d zt_j = 1 - V q_j;  zt = z / T
+            let kd_w = (1.0 - w) / temp;
+            let mut coef = g.clone().sum_dim(2);
+            if let Some(h) = &h {
+                coef = coef + h.clone().mul_scalar(v as f64);
+            }
+            // q = exp / sum, so q * c = exp * (c / sum): one pass over the vocabulary
+            let c = if temp == 1.0 && w != 0.0 {
+                // the cross-entropy's softmax is the same one
+                coef.mul_scalar(-kd_w) + ce_w.clone()
+            } else {
+                coef.mul_scalar(-kd_w)
+            };
+            let mut grad = sm.exp * (c / sm.sum);
+            if let Some(h) = h {
+                grad = grad + h.mul_scalar(kd_w);
+            }
+            grad = grad.scatter(2, ids, g.mul_scalar(kd_w), IndexingUpdateOp::Add);
+            let lse1 = if temp == 1.0 {
+                lse
+            } else {
+                let sm1 = softmax_parts(x.clone());
+                if w != 0.0 {
+                    grad = grad + sm1.exp * (ce_w.clone() / sm1.sum);
+                }
+                sm1.lse
+            };
+            (grad, kd, lse1)
+        }
+    };
+    // cross-entropy on the hard labels at temperature 1: d/dz = (softmax(z) - onehot(y)) m / n
+    let ce = ((lse1 - x.gather(2, y.clone())) * mask).sum().div(kept);
+    if w != 0.0 {
+        grad = grad.scatter(2, y, ce_w.neg(), IndexingUpdateOp::Add);
+    }
+    let argmax = argmax.expect("computed with the softmax").reshape([b, t]);
+    FusedPart {
+        grad,
+        kd,
+        ce,
+        argmax,
+    }
+}
+
+/// Logits rows per chunk in [`loss_from_hidden`]: about 8M logits (32 MB in f32).
+fn rows_per_chunk(vocab: usize) -> usize {
+    ((8 << 20) / vocab.max(1)).max(16)
+}
+
+/// What [`loss_from_hidden`] returns.
+pub struct HiddenLoss {
+    pub out: KdOutput,
+    /// The student's most likely token per position, `[b * t]` (for top-1 agreement).
+    pub argmax: Vec<i64>,
+}
+
+/// Training loss straight from the final hidden states `hidden: [b, t, d]` and the output
+/// projection `weight: [d, V]` (logits = `hidden @ weight`): distillation against `teacher`
+/// mixed with cross-entropy as [`kd_loss`], or cross-entropy alone without a teacher.
+///
+/// The logits are computed chunk by chunk of positions (about 8M logits each) and never
+/// tracked by autodiff: each chunk's gradient is formed in closed form and pushed through
+/// the projection at once (`dL/dhidden = G W^T`, `dL/dW = hidden^T G`), so the whole
+/// `[b, t, V]` logits tensor never exists, whatever the vocabulary.
+pub fn loss_from_hidden(
+    hidden: Tensor<3>,
+    weight: Tensor<2>,
+    teacher: Option<&TeacherTargets>,
+    labels: Tensor<2, Int>,
+    cfg: &KdConfig,
+) -> HiddenLoss {
+    let rows = rows_per_chunk(weight.dims()[1]);
+    loss_from_hidden_in_chunks(hidden, weight, teacher, labels, cfg, rows)
+}
+
+/// [`loss_from_hidden`] with `chunk` positions per chunk.
+pub fn loss_from_hidden_in_chunks(
+    hidden: Tensor<3>,
+    weight: Tensor<2>,
+    teacher: Option<&TeacherTargets>,
+    labels: Tensor<2, Int>,
+    cfg: &KdConfig,
+    chunk: usize,
+) -> HiddenLoss {
+    let [b, t, d] = hidden.dims();
+    let v = weight.dims()[1];
+    let chunk = chunk.max(1);
+    let n = b * t;
+    let cfg = match teacher {
+        Some(_) => cfg.clone(),
+        None => KdConfig {
+            ce_weight: 1.0,
+            ..cfg.clone()
+        },
+    };
+    let h = hidden.clone().inner().reshape([n, d]);
+    let w_inner = weight.clone().inner();
+    let labels = labels.inner().reshape([1, n]);
+    let (mask, kept) = position_mask(&labels);
+    let flat = teacher.map(|tt| {
+        let k = tt.ids.dims()[2];
+        TeacherTargets {
+            ids: tt.ids.clone().inner().reshape([1, n, k]),
+            probs: tt.probs.clone().inner().reshape([1, n, k]),
+            tail: tt.tail.clone().inner().reshape([1, n, 1]),
+            valid: tt.valid.clone().inner().reshape([1, n, k]),
+            top1: Vec::new(),
+        }
+    });
+    let (mut grad_h, mut grad_w) = (Vec::new(), None::<Tensor<2>>);
+    let (mut kd, mut ce) = (Vec::new(), Vec::new());
+    let mut argmax = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let h_c = h.clone().narrow(0, start, len);
+        let z = h_c
+            .clone()
+            .matmul(w_inner.clone())
+            .cast(DType::F32)
+            .reshape([1, len, v]);
+        let part_teacher = flat.as_ref().map(|f| TeacherTargets {
+            ids: f.ids.clone().narrow(1, start, len),
+            probs: f.probs.clone().narrow(1, start, len),
+            tail: f.tail.clone().narrow(1, start, len),
+            valid: f.valid.clone().narrow(1, start, len),
+            top1: Vec::new(),
+        });
+        let part = fused_part(
+            z,
+            part_teacher.as_ref(),
+            labels.clone().narrow(1, start, len),
+            mask.clone().narrow(1, start, len).reshape([1, len, 1]),
+            kept.clone(),
+            &cfg,
+        );
+        argmax.extend(
+            part.argmax
+                .into_data()
+                .try_into_vec_as::<i64>()
+                .expect("int argmax"),
+        );
+        let g = part.grad.reshape([len, v]).cast(h.dtype());
+        grad_h.push(g.clone().matmul(w_inner.clone().transpose()));
+        let gw = h_c.transpose().matmul(g);
+        grad_w = Some(match grad_w {
+            Some(acc) => acc + gw,
+            None => gw,
+        });
+        kd.push(part.kd);
+        ce.push(part.ce);
+        start += len;
+    }
+    let sum = |parts: Vec<Tensor<1>>| Tensor::cat(parts, 0).sum();
+    let (kd, ce) = (sum(kd), sum(ce));
+    let value = ce.clone().mul_scalar(cfg.ce_weight) + kd.clone().mul_scalar(1.0 - cfg.ce_weight);
+    let grad_h = Tensor::cat(grad_h, 0).reshape([b, t, d]);
+    // in the compute precision; the loss value is f32
+    let surrogate = ((hidden * grad_h).sum()
+        + (weight * grad_w.expect("at least one position")).sum())
+    .cast(DType::F32);
+    let total = surrogate.clone() - surrogate.detach() + value;
+    HiddenLoss {
+        out: KdOutput { total, kd, ce },
+        argmax,
+    }
 }

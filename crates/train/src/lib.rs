@@ -21,6 +21,9 @@ pub use config::{
 pub use distill::KdEval;
 pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
-pub use kd::{KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss};
+pub use kd::{
+    HiddenLoss, KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss,
+    kd_loss_unfused, loss_from_hidden, loss_from_hidden_in_chunks,
+};
 pub use loss::{cross_entropy, dataset_batch, next_token_batch};
 pub use trainer::{TrainSummary, lr_at, train};

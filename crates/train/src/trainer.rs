@@ -14,15 +14,14 @@ use std::time::Instant;
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::tensor::DType;
 use ember_data::{Split, TokenDataset};
 use ember_student::{Student, StudentConfig, save_hf};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 pub use crate::distill::KdEval;
-use crate::distill::{agreement, build_source, evaluate_kd};
-use crate::{EvalReport, TrainConfig, TrainError, cross_entropy, evaluate, kd_loss};
+use crate::distill::{build_source, evaluate_kd, top1_agreement};
+use crate::{EvalReport, HiddenLoss, TrainConfig, TrainError, evaluate, loss_from_hidden};
 
 /// What a finished run reports (also written to `<out_dir>/summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,18 +254,21 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             )?;
             state.cursor += t.batch_size;
             // losses in f32 whatever the compute precision
-            let logits = model.forward(batch.inputs).cast(DType::F32);
-            let loss = match &batch.teacher {
-                Some(teacher) => {
-                    let top1 = agreement(&logits, &teacher.top1);
-                    let out = kd_loss(logits, teacher, batch.targets, &kd);
-                    window_kd += out.kd.clone().into_scalar::<f64>() / t.grad_accum as f64;
-                    window_ce += out.ce.clone().into_scalar::<f64>() / t.grad_accum as f64;
-                    window_top1 += top1 / t.grad_accum as f64;
-                    out.total
-                }
-                None => cross_entropy(logits, batch.targets),
-            };
+            // logits chunk by chunk inside the loss, never as a whole [b, t, V] tensor
+            let hidden = model.forward_hidden(batch.inputs, None);
+            let HiddenLoss { out, argmax } = loss_from_hidden(
+                hidden,
+                model.head_weight(),
+                batch.teacher.as_ref(),
+                batch.targets,
+                &kd,
+            );
+            if let Some(teacher) = &batch.teacher {
+                window_kd += out.kd.clone().into_scalar::<f64>() / t.grad_accum as f64;
+                window_ce += out.ce.clone().into_scalar::<f64>() / t.grad_accum as f64;
+                window_top1 += top1_agreement(&argmax, &teacher.top1) / t.grad_accum as f64;
+            }
+            let loss = out.total;
             let grads = loss.clone().div_scalar(t.grad_accum as f64).backward();
             accum.accumulate(&model, GradientsParams::from_grads(grads, &model));
             step_loss += loss.into_scalar::<f64>() / t.grad_accum as f64;
