@@ -22,6 +22,9 @@ p.add_argument("--iters", type=int, default=5)
 p.add_argument("--backends", default="cpu,cpu-bf16,wgpu,tch-cpu,tch,cuda")
 p.add_argument("--no-torch", action="store_true")
 p.add_argument("--timeout", type=int, default=900)
+p.add_argument("--torch-malloc-as-ember", action="store_true",
+               help="also time PyTorch with the glibc malloc thresholds `ember` sets for itself (src/main.rs)")
+p.add_argument("--torch-label", default="", help=argparse.SUPPRESS)
 a = p.parse_args()
 B, S, K, V = a.batch, a.seq, a.k, a.vocab
 rows = []
@@ -101,7 +104,7 @@ if not a.no_torch:
         for _ in range(a.iters):
             t0 = time.perf_counter(); loss = step(); ts.append(time.perf_counter() - t0)
         t = sorted(ts)[len(ts) // 2]
-        row = {"engine": f"pytorch {torch.__version__} eager", "backend": f"{device} {str(dtype)[6:]}",
+        row = {"engine": f"pytorch {torch.__version__} eager", "backend": f"{device} {str(dtype)[6:]}{a.torch_label}",
                "tokens_per_s": round(B * S / t), "step_s": t, "last_loss": loss}
         if device == "cuda":
             row["device_bytes_reserved"] = torch.cuda.max_memory_reserved()
@@ -112,6 +115,14 @@ if not a.no_torch:
     if torch.cuda.is_available():
         torch_step("cuda")
         torch_step("cuda", torch.bfloat16)
+
+if a.torch_malloc_as_ember and not a.no_torch:
+    # a fresh process: the thresholds must be set before the first allocation
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647")
+    args = ["--batch", str(B), "--seq", str(S), "--k", str(K), "--vocab", str(V), "--preset", a.preset,
+            "--iters", str(a.iters), "--backends", "none", "--torch-label", ", malloc thresholds as ember"]
+    r = subprocess.run(["python", __file__, "--ember", a.ember] + args, capture_output=True, text=True, env=env)
+    rows += [x for x in json.loads(r.stdout)["rows"] if x["backend"].startswith("cpu")]
 
 print(json.dumps({"batch": B, "seq_len": S, "k": K, "vocab": V, "preset": a.preset, "cpus": os.cpu_count(),
                   "rows": rows}, indent=1))
