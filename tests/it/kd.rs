@@ -327,6 +327,26 @@ fn negative_labels_mask_their_positions_out_of_every_loss() {
     assert!((ce - expected).abs() < 1e-5, "masked CE {ce} vs {expected}");
 }
 
+/// Largest absolute difference.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// Masked mean cross-entropy through `log_softmax` (autodiff differentiates every op).
+fn plain_cross_entropy(logits: Tensor<3>, y: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, _] = logits.dims();
+    let logp = burn::tensor::activation::log_softmax(logits, 2);
+    let mask = y.clone().greater_equal_elem(0).float().reshape([b, t, 1]);
+    let kept = mask.clone().sum();
+    (logp.gather(2, y.clamp_min(0).reshape([b, t, 1])) * mask)
+        .sum()
+        .div(kept)
+        .neg()
+}
+
 /// Gradient of `f(x)` with respect to `x` (autodiff on `device`).
 fn grad_of(logits: &[f32], device: &Device, f: impl Fn(Tensor<3>) -> Tensor<1>) -> (f32, Vec<f32>) {
     let ad = device.clone().autodiff();
@@ -347,12 +367,6 @@ fn fused_losses_match_autodiff_through_the_unfused_ops() {
     let ad = device.clone().autodiff();
     let (logits, ids, lps, mut labels) = inputs();
     labels[4] = -100;
-    let max_diff = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max)
-    };
     for (cfg, spec) in cases() {
         let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &ad);
         let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
@@ -370,16 +384,7 @@ fn fused_losses_match_autodiff_through_the_unfused_ops() {
     }
     let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
     let (fused, gf) = grad_of(&logits, &device, |x| ember_train::cross_entropy(x, y()));
-    let (plain, gp) = grad_of(&logits, &device, |x| {
-        let [b, t, _] = x.dims();
-        let logp = burn::tensor::activation::log_softmax(x, 2);
-        let mask = y().greater_equal_elem(0).float().reshape([b, t, 1]);
-        let kept = mask.clone().sum();
-        (logp.gather(2, y().clamp_min(0).reshape([b, t, 1])) * mask)
-            .sum()
-            .div(kept)
-            .neg()
-    });
+    let (plain, gp) = grad_of(&logits, &device, |x| plain_cross_entropy(x, y()));
     assert!(
         (fused - plain).abs() < 1e-6,
         "cross-entropy: {fused} vs {plain}"
@@ -403,12 +408,6 @@ fn loss_from_hidden_states_matches_autodiff_through_the_projection() {
     labels[2] = -100;
     let hidden = noise(B * T * D, 3);
     let weight: Vec<f32> = noise(D * V, 4).iter().map(|x| x * 2.0).collect();
-    let max_diff = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max)
-    };
     let leaves = || {
         (
             Tensor::<3>::from_data(TensorData::new(hidden.clone(), [B, T, D]), &ad).require_grad(),
@@ -434,16 +433,7 @@ fn loss_from_hidden_states_matches_autodiff_through_the_projection() {
         let logits = h.clone().matmul(w.clone().unsqueeze());
         let reference = match &cfg {
             Some(cfg) => ember_train::kd_loss_unfused(logits.clone(), &teacher, y(), cfg).total,
-            None => {
-                let [b, t, _] = logits.dims();
-                let logp = burn::tensor::activation::log_softmax(logits.clone(), 2);
-                let mask = y().greater_equal_elem(0).float().reshape([b, t, 1]);
-                let kept = mask.clone().sum();
-                (logp.gather(2, y().clamp_min(0).reshape([b, t, 1])) * mask)
-                    .sum()
-                    .div(kept)
-                    .neg()
-            }
+            None => plain_cross_entropy(logits.clone(), y()),
         };
         let argmax: Vec<i64> = logits
             .argmax(2)
@@ -463,7 +453,8 @@ fn loss_from_hidden_states_matches_autodiff_through_the_projection() {
                 &cfg_or_default,
                 chunk,
             );
-            assert_eq!(out.argmax, argmax, "{spec}");
+            let got_argmax: Vec<i64> = out.argmax.into_data().try_into_vec_as::<i64>().unwrap();
+            assert_eq!(got_argmax, argmax, "{spec}");
             let got = out.out.total.clone().into_scalar::<f32>();
             assert!(
                 (got - value).abs() < 1e-5,

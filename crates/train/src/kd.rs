@@ -511,8 +511,9 @@ fn rows_per_chunk(vocab: usize) -> usize {
 /// What [`loss_from_hidden`] returns.
 pub struct HiddenLoss {
     pub out: KdOutput,
-    /// The student's most likely token per position, `[b * t]` (for top-1 agreement).
-    pub argmax: Vec<i64>,
+    /// The student's most likely token per position, `[b, t]` (for top-1 agreement; left
+    /// on the device until read).
+    pub argmax: Tensor<2, Int>,
 }
 
 /// Training loss straight from the final hidden states `hidden: [b, t, d]` and the output
@@ -570,7 +571,7 @@ pub fn loss_from_hidden_in_chunks(
     });
     let (mut grad_h, mut grad_w) = (Vec::new(), None::<Tensor<2>>);
     let (mut kd, mut ce) = (Vec::new(), Vec::new());
-    let mut argmax = Vec::with_capacity(n);
+    let mut argmax = Vec::new();
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
@@ -595,12 +596,7 @@ pub fn loss_from_hidden_in_chunks(
             kept.clone(),
             &cfg,
         );
-        argmax.extend(
-            part.argmax
-                .into_data()
-                .try_into_vec_as::<i64>()
-                .expect("int argmax"),
-        );
+        argmax.push(part.argmax.reshape([len]));
         let g = part.grad.reshape([len, v]).cast(h.dtype());
         grad_h.push(g.clone().matmul(w_inner.clone().transpose()));
         let gw = h_c.transpose().matmul(g);
@@ -623,6 +619,6 @@ pub fn loss_from_hidden_in_chunks(
     let total = surrogate.clone() - surrogate.detach() + value;
     HiddenLoss {
         out: KdOutput { total, kd, ce },
-        argmax,
+        argmax: Tensor::cat(argmax, 0).reshape([b, t]),
     }
 }

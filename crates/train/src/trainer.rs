@@ -266,6 +266,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             if let Some(teacher) = &batch.teacher {
                 window_kd += out.kd.clone().into_scalar::<f64>() / t.grad_accum as f64;
                 window_ce += out.ce.clone().into_scalar::<f64>() / t.grad_accum as f64;
+                let argmax = argmax.into_data().try_into_vec_as::<i64>().expect("argmax");
                 window_top1 += top1_agreement(&argmax, &teacher.top1) / t.grad_accum as f64;
             }
             let loss = out.total;
