@@ -106,13 +106,22 @@ fn cases() -> Vec<(KdConfig, serde_json::Value)> {
     ]
 }
 
-fn loss_and_grad(cfg: &KdConfig, device: &Device) -> (f32, f32, f32, Vec<f32>) {
+/// `(total, kd, ce, d total / d logits)` of [`kd_loss`], or with `from_hidden` of the
+/// training loss (`loss_from_hidden`, 4 positions per chunk) on `hidden = logits` and an
+/// identity projection.
+fn loss_and_grad(cfg: &KdConfig, device: &Device, from_hidden: bool) -> (f32, f32, f32, Vec<f32>) {
     let (logits, ids, lps, labels) = inputs();
     let ad = device.clone().autodiff();
     let x = Tensor::<3>::from_data(TensorData::new(logits, [B, T, V]), &ad).require_grad();
     let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &ad);
     let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [B, T]), &ad);
-    let out = kd_loss(x.clone(), &teacher, labels, cfg);
+    let out = if from_hidden {
+        let identity = Tensor::<2>::eye(V, &ad);
+        ember_train::loss_from_hidden_in_chunks(x.clone(), identity, Some(&teacher), labels, cfg, 4)
+            .out
+    } else {
+        kd_loss(x.clone(), &teacher, labels, cfg)
+    };
     let grads = out.total.backward();
     let g: Vec<f32> = x
         .grad(&grads)
@@ -187,31 +196,29 @@ fn every_loss_matches_pytorch_in_value_and_gradient() {
     };
     let mut table = Vec::new();
     for (i, (cfg, spec)) in cases.iter().enumerate() {
-        let (total, kd, ce, grad) = loss_and_grad(cfg, &device);
+        let rg = read(&format!("grad_{i}"));
         let (rt, rk, rc) = (
             read(&format!("loss_{i}"))[0],
             read(&format!("kd_{i}"))[0],
             read(&format!("ce_{i}"))[0],
         );
-        let rg = read(&format!("grad_{i}"));
-        let gdiff = grad
-            .iter()
-            .zip(&rg)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        table.push(format!(
-            "{spec}: total {total:.6} vs {rt:.6}, grad max diff {gdiff:.1e}"
-        ));
-        assert!(
-            (total - rt).abs() < 1e-5 && (kd - rk).abs() < 1e-5 && (ce - rc).abs() < 1e-5,
-            "{}",
-            table.join("\n")
-        );
-        assert!(gdiff < 1e-5, "{}", table.join("\n"));
-        assert!(
-            kd > 0.0,
-            "{spec}: a random student differs from the teacher"
-        );
+        for (path, from_hidden) in [("kd_loss", false), ("loss_from_hidden", true)] {
+            let (total, kd, ce, grad) = loss_and_grad(cfg, &device, from_hidden);
+            let gdiff = max_diff(&grad, &rg);
+            table.push(format!(
+                "{spec} {path}: total {total:.6} vs {rt:.6}, grad max diff {gdiff:.1e}"
+            ));
+            assert!(
+                (total - rt).abs() < 1e-5 && (kd - rk).abs() < 1e-5 && (ce - rc).abs() < 1e-5,
+                "{}",
+                table.join("\n")
+            );
+            assert!(gdiff < 1e-5, "{}", table.join("\n"));
+            assert!(
+                kd > 0.0,
+                "{spec}: a random student differs from the teacher"
+            );
+        }
     }
     eprintln!("{}", table.join("\n"));
 }
@@ -225,7 +232,7 @@ fn gradients_match_finite_differences() {
         cases()[7].0.clone(),
     ] {
         let (logits, ids, lps, labels) = inputs();
-        let (_, _, _, grad) = loss_and_grad(&cfg, &device);
+        let (_, _, _, grad) = loss_and_grad(&cfg, &device, false);
         let loss_at = |l: &[f32]| {
             let x = Tensor::<3>::from_data(TensorData::new(l.to_vec(), [B, T, V]), &device);
             let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &device);
@@ -347,55 +354,6 @@ fn plain_cross_entropy(logits: Tensor<3>, y: Tensor<2, Int>) -> Tensor<1> {
         .neg()
 }
 
-/// Gradient of `f(x)` with respect to `x` (autodiff on `device`).
-fn grad_of(logits: &[f32], device: &Device, f: impl Fn(Tensor<3>) -> Tensor<1>) -> (f32, Vec<f32>) {
-    let ad = device.clone().autodiff();
-    let x = Tensor::<3>::from_data(TensorData::new(logits.to_vec(), [B, T, V]), &ad).require_grad();
-    let loss = f(x.clone());
-    let g = x.grad(&loss.backward()).unwrap();
-    (
-        loss.into_scalar::<f32>(),
-        g.into_data().try_into_vec_as::<f32>().unwrap(),
-    )
-}
-
-/// Training uses the fused losses (closed-form gradient with respect to the logits); they
-/// must give what plain autodiff through the unfused ops gives, masks included.
-#[test]
-fn fused_losses_match_autodiff_through_the_unfused_ops() {
-    let device = Device::flex();
-    let ad = device.clone().autodiff();
-    let (logits, ids, lps, mut labels) = inputs();
-    labels[4] = -100;
-    for (cfg, spec) in cases() {
-        let teacher = TeacherTargets::new(&ids, &lps, B, T, K, V, cfg.temperature, &ad);
-        let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
-        let (fused, gf) = grad_of(&logits, &device, |x| kd_loss(x, &teacher, y(), &cfg).total);
-        let (plain, gp) = grad_of(&logits, &device, |x| {
-            ember_train::kd_loss_unfused(x, &teacher, y(), &cfg).total
-        });
-        assert!((fused - plain).abs() < 1e-6, "{spec}: {fused} vs {plain}");
-        assert!(
-            max_diff(&gf, &gp) < 1e-6,
-            "{spec}: gradient differs by {}",
-            max_diff(&gf, &gp)
-        );
-        assert!(gf.iter().any(|g| *g != 0.0));
-    }
-    let y = || Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [B, T]), &ad);
-    let (fused, gf) = grad_of(&logits, &device, |x| ember_train::cross_entropy(x, y()));
-    let (plain, gp) = grad_of(&logits, &device, |x| plain_cross_entropy(x, y()));
-    assert!(
-        (fused - plain).abs() < 1e-6,
-        "cross-entropy: {fused} vs {plain}"
-    );
-    assert!(
-        max_diff(&gf, &gp) < 1e-6,
-        "cross-entropy gradient differs by {}",
-        max_diff(&gf, &gp)
-    );
-}
-
 /// The training loss from hidden states (logits computed chunk by chunk, never tracked)
 /// gives the values and the gradients of autodiff through `hidden @ weight` and the
 /// unfused loss, for every loss, with masked positions, one chunk or several.
@@ -432,7 +390,7 @@ fn loss_from_hidden_states_matches_autodiff_through_the_projection() {
         let (h, w) = leaves();
         let logits = h.clone().matmul(w.clone().unsqueeze());
         let reference = match &cfg {
-            Some(cfg) => ember_train::kd_loss_unfused(logits.clone(), &teacher, y(), cfg).total,
+            Some(cfg) => kd_loss(logits.clone(), &teacher, y(), cfg).total,
             None => plain_cross_entropy(logits.clone(), y()),
         };
         let argmax: Vec<i64> = logits

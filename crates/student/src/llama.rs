@@ -7,7 +7,7 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
@@ -157,15 +157,12 @@ impl Student {
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let (cos, sin) = rope_tables(start, t, self.head_dim, self.rope_theta, &device);
         let mut x = self.model.embed_tokens.forward(input_ids);
-        // training (autodiff): our own attention composition, with the causal mask as an
-        // additive bias built once for all layers
-        let bias = (x.is_tracked() && cache.is_none()).then(|| causal_bias(t, &device));
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.model.layers.len(), None);
         }
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, bias.as_ref(), slot);
+            x = layer.forward(x, &cos, &sin, slot);
         }
         self.model.norm.forward(x)
     }
@@ -205,13 +202,12 @@ impl DecoderLayer {
         x: Tensor<3>,
         cos: &Tensor<2>,
         sin: &Tensor<2>,
-        bias: Option<&Tensor<2>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, bias, cache);
+                .forward(self.input_layernorm.forward(x), cos, sin, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -222,7 +218,6 @@ impl Attention {
         x: Tensor<3>,
         cos: &Tensor<2>,
         sin: &Tensor<2>,
-        bias: Option<&Tensor<2>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -238,26 +233,19 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        let y = match bias {
-            // Under autodiff Burn runs its attention as a fallback chain of ops; this one
-            // touches the [b, h, t, t] scores fewer times (scale folded into q, additive mask).
-            Some(bias) => {
-                let scores = q
-                    .mul_scalar((hd as f64).powf(-0.5))
-                    .matmul(k.swap_dims(2, 3))
-                    + bias.clone().unsqueeze::<4>();
-                softmax(scores, 3).matmul(v)
-            }
-            // Causal mask aligned bottom-right, so cached decoding attends to the whole prefix.
-            None => {
-                let options = AttentionModuleOptions {
-                    is_causal: true,
-                    ..Default::default()
-                };
-                attention(q, k, v, None, None, options)
-            }
+        // Causal mask aligned bottom-right, so cached decoding attends to the whole prefix.
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
         };
+        let y = attention(
+            q,
+            repeat_kv(k, nh / nkv),
+            repeat_kv(v, nh / nkv),
+            None,
+            None,
+            options,
+        );
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, t, nh * hd]))
     }
@@ -268,20 +256,6 @@ impl Mlp {
         self.down_proj
             .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
-}
-
-/// `[t, t]` additive causal mask: 0 where a query may attend to a key, -inf above the diagonal.
-fn causal_bias(t: usize, device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(data, [t, t]), device)
 }
 
 /// `[b, kv, t, d] -> [b, kv * n_rep, t, d]`, each kv head repeated for its query group

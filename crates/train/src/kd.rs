@@ -16,16 +16,16 @@
 //! Teacher distributions are never densified. Two implementations give the same values
 //! and gradients (pinned against each other and against PyTorch in tests/it/kd.rs):
 //!
-//! - **fused** (used whenever the logits are tracked by autodiff, i.e. in training): the
-//!   loss depends on the logits only through the student's log-probabilities of the
-//!   teacher's `k` tokens (and, for the uniform tail, their sum over the vocabulary), so
-//!   autodiff runs on those `[B, T, k]` tensors alone and the gradient with respect to the
-//!   logits is assembled in closed form, `dL/dz = (scatter(g) - q * sum(g)) / T` plus the
-//!   cross-entropy term `(q - onehot(y)) / n` (Liger-Kernel's approach). The backward pass
-//!   then costs one multiply over `[B, T, V]` instead of a chain of element-wise ops, and
-//!   the only buffer beyond the logits is the one that becomes their gradient.
-//! - **unfused** ([`kd_loss_unfused`], used for evaluation): plain tensor ops with a
+//! - [`kd_loss`] (evaluation, and anyone holding logits): plain tensor ops with a
 //!   log-sum-exp in chunks of the vocabulary, so no `[B, T, V]` copy beyond the logits.
+//! - [`loss_from_hidden`] (training): the loss depends on the logits only through the
+//!   student's log-probabilities of the teacher's `k` tokens (and, for the uniform tail,
+//!   their sum over the vocabulary), so autodiff runs on those `[B, T, k]` tensors alone and
+//!   the gradient with respect to the logits is assembled in closed form,
+//!   `dL/dz = (scatter(g) - q * sum(g)) / T` plus the cross-entropy term
+//!   `(q - onehot(y)) / n` (Liger-Kernel's approach), chunk by chunk of positions, and
+//!   pushed through the output projection at once. The logits are never tracked and never
+//!   exist whole.
 
 use burn::prelude::*;
 use burn::tensor::{DType, IndexingUpdateOp};
@@ -253,28 +253,13 @@ fn divergence(
     }
 }
 
-/// Distillation loss of `student_logits: [b, t, V]` against `teacher`, with hard `labels: [b, t]`.
-///
-/// Positions whose label is negative (padding, prompt tokens: the HF -100 convention) are
-/// left out of both losses; means are over the kept positions. When the logits are tracked
-/// by autodiff the fused implementation runs (see the module docs), otherwise
-/// [`kd_loss_unfused`]; both give the same values and gradients.
+/// Distillation loss of `student_logits: [b, t, V]` against `teacher`, with hard `labels: [b, t]`,
+/// as plain tensor ops (autodiff differentiates every step), the student's log-sum-exp
+/// computed in chunks of `cfg.vocab_chunk` columns. Positions whose label is negative
+/// (padding, prompt tokens: the HF -100 convention) are left out of both losses; means are
+/// over the kept positions. Training uses [`loss_from_hidden`], which gives the same values
+/// and gradients.
 pub fn kd_loss(
-    student_logits: Tensor<3>,
-    teacher: &TeacherTargets,
-    labels: Tensor<2, Int>,
-    cfg: &KdConfig,
-) -> KdOutput {
-    if student_logits.is_tracked() {
-        kd_loss_fused(student_logits, teacher, labels, cfg)
-    } else {
-        kd_loss_unfused(student_logits, teacher, labels, cfg)
-    }
-}
-
-/// [`kd_loss`] as plain tensor ops (autodiff differentiates every step), with the
-/// student's log-sum-exp computed in chunks of `cfg.vocab_chunk` columns.
-pub fn kd_loss_unfused(
     student_logits: Tensor<3>,
     teacher: &TeacherTargets,
     labels: Tensor<2, Int>,
@@ -333,60 +318,6 @@ fn softmax_parts(x: Tensor<3>) -> SoftmaxParts {
     }
 }
 
-/// A loss whose value is `value` and whose gradient with respect to `logits` is `grad`
-/// (both without autodiff): `value + sum(logits * grad) - detach(sum(logits * grad))`.
-fn with_gradient(logits: Tensor<3>, grad: Tensor<3>, value: Tensor<1>) -> Tensor<1> {
-    let surrogate = (logits * grad).sum();
-    surrogate.clone() - surrogate.detach() + value
-}
-
-/// [`kd_loss`] for tracked logits: the gradient with respect to them in closed form.
-fn kd_loss_fused(
-    student_logits: Tensor<3>,
-    teacher: &TeacherTargets,
-    labels: Tensor<2, Int>,
-    cfg: &KdConfig,
-) -> KdOutput {
-    let (mask, kept) = position_mask(&labels.clone().inner());
-    let [b, t, _] = student_logits.dims();
-    let part = fused_part(
-        student_logits.clone().inner(),
-        Some(teacher),
-        labels.inner(),
-        mask.reshape([b, t, 1]),
-        kept,
-        cfg,
-    );
-    let value = part.value(cfg.ce_weight);
-    let total = with_gradient(student_logits, part.grad, value);
-    KdOutput {
-        total,
-        kd: part.kd,
-        ce: part.ce,
-    }
-}
-
-/// Mean cross-entropy of tracked `logits: [b, t, V]` against `targets: [b, t]` (negative
-/// targets left out), with the gradient `(softmax(z) - onehot(y)) / n` in closed form.
-pub(crate) fn cross_entropy_fused(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
-    let [b, t, _] = logits.dims();
-    let (mask, kept) = position_mask(&targets.clone().inner());
-    let cfg = KdConfig {
-        ce_weight: 1.0,
-        ..KdConfig::default()
-    };
-    let part = fused_part(
-        logits.clone().inner(),
-        None,
-        targets.inner(),
-        mask.reshape([b, t, 1]),
-        kept,
-        &cfg,
-    );
-    let value = part.value(1.0);
-    with_gradient(logits, part.grad, value)
-}
-
 /// Loss values and gradient with respect to the logits of some positions (no autodiff).
 struct FusedPart {
     /// `[b, t, V]`
@@ -395,12 +326,6 @@ struct FusedPart {
     ce: Tensor<1>,
     /// `[b, t]` the most likely token of each position.
     argmax: Tensor<2, Int>,
-}
-
-impl FusedPart {
-    fn value(&self, ce_weight: f64) -> Tensor<1> {
-        self.ce.clone().mul_scalar(ce_weight) + self.kd.clone().mul_scalar(1.0 - ce_weight)
-    }
 }
 
 /// The fused loss on logits `x: [b, t, V]` (without autodiff) of some positions, whose
@@ -421,14 +346,12 @@ fn fused_part(
         .div(kept.clone().reshape([1, 1, 1]))
         .mul_scalar(w);
     let y = labels.clamp_min(0).reshape([b, t, 1]);
-    let argmax;
-    let (mut grad, kd, lse1) = match teacher {
+    let (mut grad, kd, lse1, argmax) = match teacher {
         None => {
             let sm = softmax_parts(x.clone());
-            argmax = Some(sm.argmax);
             let grad = sm.exp * (ce_w.clone() / sm.sum);
             let kd = Tensor::<1>::zeros([1], &x.device()).cast(DType::F32);
-            (grad, kd, sm.lse)
+            (grad, kd, sm.lse, sm.argmax)
         }
         Some(teacher) => {
             let ids = teacher.ids.clone().inner();
@@ -438,7 +361,6 @@ fn fused_part(
                 x.clone().div_scalar(temp)
             };
             let sm = softmax_parts(zt.clone());
-            argmax = Some(sm.argmax);
             let lse = sm.lse;
             let logq = zt.clone().gather(2, ids.clone()) - lse.clone();
             let sum_all = (cfg.tail == TailMode::Uniform)
@@ -486,7 +408,7 @@ fn fused_part(
                 }
                 sm1.lse
             };
-            (grad, kd, lse1)
+            (grad, kd, lse1, sm.argmax)
         }
     };
     // cross-entropy on the hard labels at temperature 1: d/dz = (softmax(z) - onehot(y)) m / n
@@ -494,12 +416,11 @@ fn fused_part(
     if w != 0.0 {
         grad = grad.scatter(2, y, ce_w.neg(), IndexingUpdateOp::Add);
     }
-    let argmax = argmax.expect("computed with the softmax").reshape([b, t]);
     FusedPart {
         grad,
         kd,
         ce,
-        argmax,
+        argmax: argmax.reshape([b, t]),
     }
 }
 

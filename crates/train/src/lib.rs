@@ -23,7 +23,7 @@ pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
 pub use kd::{
     HiddenLoss, KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss,
-    kd_loss_unfused, loss_from_hidden, loss_from_hidden_in_chunks,
+    loss_from_hidden, loss_from_hidden_in_chunks,
 };
 pub use loss::{cross_entropy, dataset_batch, next_token_batch};
 pub use trainer::{TrainSummary, lr_at, train};

@@ -52,11 +52,7 @@ pub fn dataset_batch(
 
 /// Mean negative log-likelihood (nats) of `targets: [b, t]` under `logits: [b, t, V]`;
 /// positions with a negative target (padding, prompt tokens; HF's -100) are left out.
-/// Tracked logits get their gradient in closed form (see [`crate::kd`]).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
-    if logits.is_tracked() {
-        return crate::kd::cross_entropy_fused(logits, targets);
-    }
     let [b, t, _] = logits.dims();
     let (mask, kept) = position_mask(&targets);
     let logp = log_softmax(logits, 2);
