@@ -196,3 +196,105 @@ fn a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one() {
         fb[29]
     );
 }
+
+fn rows(dir: &Path, split: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == split)
+        .collect()
+}
+
+#[test]
+fn validation_and_checkpoints_land_on_the_recipe_steps_and_accumulation_equals_a_big_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let schedule = [
+        "--set",
+        "train.log_every=2",
+        "--set",
+        "train.eval_every=4",
+        "--set",
+        "train.checkpoint_every=6",
+        "--set",
+        "train.eval_batches=2",
+    ];
+    // 8 rows x 2 micro-batches per step against 16 rows x 1
+    let mut accum = micro_args(&ds, "accum", "13");
+    accum.extend(schedule);
+    accum.extend(["--set", "train.grad_accum=2"]);
+    ember_ok(dir.path(), &accum);
+    let mut big = micro_args(&ds, "big", "13");
+    big.extend(schedule);
+    big.extend(["--set", "train.batch_size=16"]);
+    ember_ok(dir.path(), &big);
+
+    // burn-train epochs are spans of 2 steps (gcd of 4 and 6); validation after each 4th
+    // step, checkpoints after each 6th and the last, the newest two kept
+    let run = dir.path().join("accum");
+    let steps = |split| -> Vec<u64> {
+        rows(&run, split)
+            .iter()
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(steps("validation"), [0, 4, 8, 12, 13]);
+    assert_eq!(steps("train"), [2, 4, 6, 8, 10, 12, 13]);
+    let valid = rows(&run, "validation");
+    assert_eq!(valid[1]["eval_tokens"], 2 * 8 * 31);
+    assert_eq!(valid[1]["tokens"], 4 * 16 * 31);
+    let mut ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    ckpts.sort();
+    assert_eq!(ckpts, ["step-00000012", "step-00000013"]);
+    for part in ["model.bpk", "optim.bpk", "scheduler.bpk", "state.json"] {
+        assert!(
+            run.join("checkpoints/step-00000013").join(part).is_file(),
+            "{part}"
+        );
+    }
+
+    // gradients summed over micro-batches of loss / grad_accum are the big batch's gradient
+    let (a, b) = (rows(&run, "train"), rows(&dir.path().join("big"), "train"));
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        let (gx, gy) = (
+            x["grad_norm"].as_f64().unwrap(),
+            y["grad_norm"].as_f64().unwrap(),
+        );
+        assert!(
+            (lx - ly).abs() < 1e-4,
+            "step {}: loss {lx} vs {ly}",
+            x["step"]
+        );
+        assert!(
+            (gx - gy).abs() < 1e-4 * gy,
+            "step {}: grad norm {gx} vs {gy}",
+            x["step"]
+        );
+    }
+    let (sa, sb) = (summary(&run), summary(&dir.path().join("big")));
+    let (va, vb) = (
+        sa["validation"]["loss"].as_f64().unwrap(),
+        sb["validation"]["loss"].as_f64().unwrap(),
+    );
+    assert!((va - vb).abs() < 1e-4, "validation loss {va} vs {vb}");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let args = micro_args(&ds, "run", "5");
+    ember_ok(dir.path(), &args);
+    let model = dir.path().join("run/checkpoints/step-00000005/model.bpk");
+    std::fs::write(&model, b"not a burnpack").unwrap();
+    let err = crate::ember_err(dir.path(), &args);
+    assert!(
+        err.contains("step-00000005/model.bpk") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -48,7 +48,7 @@ pub enum Source {
     Online {
         data: TokenDataset,
         perm: Vec<usize>,
-        teacher: std::rc::Rc<OnlineTeacher>,
+        teacher: std::sync::Arc<OnlineTeacher>,
     },
     Offline(LogitsStream),
 }

@@ -1,18 +1,16 @@
 //! Distillation-specific parts of a run: choosing the batch source from the recipe,
 //! vocabulary checks, and validation against the teacher (KL and top-1 agreement).
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use ember_data::{LogitsRow, TokenDataset, load_tokenizer, tokenizer_hash};
-use ember_student::Student;
 use ember_teacher::load_teacher;
 use serde::{Deserialize, Serialize};
 
-use crate::batches::{LogitsStream, OnlineTeacher, Source, online_targets, targets_from_rows};
-use crate::loss::dataset_batch;
-use crate::{KdConfig, KdLoss, TrainConfig, TrainError, kd_loss, next_token_batch};
+use crate::batches::{LogitsStream, OnlineTeacher, Source};
+use crate::{TrainConfig, TrainError};
 
 /// Student against teacher on validation data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,7 +25,7 @@ pub struct KdEval {
 /// What validation compares the student with.
 pub enum ValidTeacher {
     Offline(Vec<LogitsRow>),
-    Online(Rc<OnlineTeacher>),
+    Online(Arc<OnlineTeacher>),
 }
 
 /// The error every tokenizer mismatch gets, with the fix.
@@ -150,7 +148,7 @@ pub fn build_source(
                     train.manifest.vocab_size
                 )));
             }
-            let online = Rc::new(OnlineTeacher {
+            let online = Arc::new(OnlineTeacher {
                 teacher: model,
                 device: device.clone(),
                 top_k: teacher.top_k.unwrap_or(64),
@@ -173,17 +171,6 @@ pub fn build_source(
     }
 }
 
-/// Share of positions where the student's argmax equals the teacher's top-1.
-pub fn agreement(logits: &Tensor<3>, teacher_top1: &[i32]) -> f64 {
-    let am: Vec<i64> = logits
-        .clone()
-        .argmax(2)
-        .into_data()
-        .try_into_vec_as::<i64>()
-        .expect("int argmax");
-    top1_agreement(&am, teacher_top1)
-}
-
 /// Share of positions where the student's most likely token is the teacher's.
 pub fn top1_agreement(student_top1: &[i64], teacher_top1: &[i32]) -> f64 {
     let hits = student_top1
@@ -192,73 +179,4 @@ pub fn top1_agreement(student_top1: &[i64], teacher_top1: &[i32]) -> f64 {
         .filter(|(a, b)| **a == **b as i64)
         .count();
     hits as f64 / teacher_top1.len().max(1) as f64
-}
-
-/// KL to the teacher and top-1 agreement over the first `max_batches` validation batches (0 = all).
-pub fn evaluate_kd(
-    student: &Student,
-    teacher: &ValidTeacher,
-    valid: &TokenDataset,
-    batch_size: usize,
-    max_batches: usize,
-    device: &Device,
-) -> KdEval {
-    let cfg = KdConfig {
-        loss: KdLoss::ForwardKl,
-        temperature: 1.0,
-        ce_weight: 0.0,
-        ..KdConfig::default()
-    };
-    let vocab = student.vocab_size();
-    let n_rows = match teacher {
-        ValidTeacher::Offline(rows) => rows.len(),
-        ValidTeacher::Online(_) => valid.len(),
-    };
-    let mut batches = n_rows.div_ceil(batch_size);
-    if max_batches > 0 {
-        batches = batches.min(max_batches);
-    }
-    let (mut kl, mut top1, mut positions) = (0.0f64, 0.0f64, 0u64);
-    for i in 0..batches {
-        let (start, end) = (i * batch_size, ((i + 1) * batch_size).min(n_rows));
-        let (inputs, targets, teacher_targets) = match teacher {
-            ValidTeacher::Offline(rows) => {
-                let refs: Vec<&LogitsRow> = rows[start..end].iter().collect();
-                let t = refs[0].input_ids.len();
-                let flat: Vec<i32> = refs
-                    .iter()
-                    .flat_map(|r| r.input_ids.iter().copied())
-                    .collect();
-                let (x, y) = next_token_batch(&flat, t, device);
-                let k = refs[0].topk_ids.len() / t;
-                (x, y, targets_from_rows(&refs, k, k, vocab, 1.0, device))
-            }
-            ValidTeacher::Online(online) => {
-                let flat: Vec<i32> = (start..end)
-                    .flat_map(|r| valid.row(r).iter().copied())
-                    .collect();
-                let rows: Vec<usize> = (start..end).collect();
-                let (x, y, _) = dataset_batch(valid, &rows, device);
-                (
-                    x,
-                    y,
-                    online_targets(online, &flat, valid.seq_len(), vocab, 1.0, device),
-                )
-            }
-        };
-        let logits = student.forward(inputs).cast(DType::F32);
-        let n = teacher_targets.top1.len() as u64;
-        top1 += agreement(&logits, &teacher_targets.top1) * n as f64;
-        kl += kd_loss(logits, &teacher_targets, targets, &cfg)
-            .kd
-            .into_scalar::<f64>()
-            * n as f64;
-        positions += n;
-    }
-    let p = positions.max(1) as f64;
-    KdEval {
-        kl: kl / p,
-        top1_agreement: top1 / p,
-        positions,
-    }
 }

@@ -24,6 +24,9 @@ pub enum TrainError {
     #[error("vocabulary mismatch: {0}")]
     Vocab(String),
 
+    #[error("training in {path} stopped: {message}")]
+    Training { path: PathBuf, message: String },
+
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 }

@@ -1,8 +1,10 @@
 //! Training and evaluation of Ember students.
 //!
-//! One readable loop (`trainer.rs`) on Burn's autodiff + AdamW: micro-batches,
-//! gradient accumulation, global-norm clipping, warmup+cosine learning rate,
-//! step-level checkpoints that a killed run resumes from, metrics as JSON lines.
+//! A run (`trainer.rs`) on burn-train's `Learner` and `SupervisedTraining`, with Burn's
+//! autodiff and AdamW: micro-batches, gradient accumulation, global-norm clipping,
+//! warmup+cosine learning rate (`learner.rs`), data loaders whose position follows the
+//! optimizer step (`feed.rs`), step-numbered checkpoints that a killed run resumes from,
+//! and metrics as JSON lines (`monitor.rs`).
 
 mod batches;
 mod chat_eval;
@@ -10,8 +12,11 @@ mod config;
 mod distill;
 mod error;
 mod eval;
+mod feed;
 mod kd;
+mod learner;
 mod loss;
+mod monitor;
 mod trainer;
 
 pub use chat_eval::{ChatEvalReport, Score, evaluate_chat};
@@ -25,5 +30,6 @@ pub use kd::{
     HiddenLoss, KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss,
     loss_from_hidden, loss_from_hidden_in_chunks,
 };
+pub use learner::{Distiller, WarmupCosine, clip_global_norm, lr_at};
 pub use loss::{cross_entropy, dataset_batch, next_token_batch};
-pub use trainer::{TrainSummary, lr_at, train};
+pub use trainer::{TrainSummary, train};

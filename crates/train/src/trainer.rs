@@ -1,27 +1,37 @@
-//! The training loop, top to bottom.
+//! A training run on burn-train, top to bottom.
 //!
-//! Each optimizer step: `grad_accum` micro-batches of `batch_size` packed rows, each
-//! row's first `seq_len - 1` tokens predicting the next; gradients averaged over the
-//! micro-batches, clipped by their global L2 norm, then one AdamW update at the
-//! warmup+cosine learning rate of that step. Every `checkpoint_every` steps the model,
-//! the optimizer state and the data position are written to `checkpoints/step-N/`
-//! (via a temporary directory and a rename), so a killed run resumes exactly.
+//! The student is a burn-train `Learner` model (`learner.rs`): each optimizer step is
+//! `grad_accum` micro-batches of `batch_size` packed rows, each row's first `seq_len - 1`
+//! tokens predicting the next; gradients summed by burn-train over the micro-batches
+//! (each loss divided by `grad_accum`), clipped by their global L2 norm, then one AdamW
+//! update at the warmup+cosine learning rate of that step. burn-train's epochs are spans
+//! of optimizer steps (`feed.rs`), so its per-epoch validation and checkpoints land every
+//! `eval_every` and `checkpoint_every` steps. Checkpoints (model, optimizer, scheduler)
+//! go to `checkpoints/step-N/` through a temporary directory and a rename; the data
+//! position follows from the step, so a killed run resumes exactly.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::module::{Module, ParamGroup};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::prelude::*;
+use burn_train::{Learner, SupervisedTraining};
 use ember_data::{Split, TokenDataset};
-use ember_student::{Student, StudentConfig, save_hf};
+use ember_student::{StudentConfig, save_hf};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 pub use crate::distill::KdEval;
-use crate::distill::{build_source, evaluate_kd, top1_agreement};
-use crate::{EvalReport, HiddenLoss, TrainConfig, TrainError, evaluate, loss_from_hidden};
+use crate::distill::build_source;
+use crate::feed::{FeedConfig, TrainFeed, TrainLoader, ValidLoader, ValidSet};
+use crate::learner::{Distiller, WarmupCosine};
+use crate::monitor::{
+    EveryNSteps, JsonlLogger, RunShape, StatMetric, StepBar, StepCheckpoints, TokensPerSecond,
+};
+use crate::{EvalReport, TrainConfig, TrainError};
 
 /// What a finished run reports (also written to `<out_dir>/summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,26 +49,6 @@ pub struct TrainSummary {
     pub num_params: usize,
     pub model_dir: PathBuf,
     pub resumed_from_step: Option<usize>,
-}
-
-/// Position of the run, saved with every checkpoint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct RunState {
-    step: usize,
-    epoch: usize,
-    /// Rows of the current epoch's permutation already consumed.
-    cursor: usize,
-    tokens: u64,
-}
-
-/// Learning rate at optimizer step `step` (0-based): linear warmup to `peak` over
-/// `warmup` steps, then cosine decay to `min` at `total`.
-pub fn lr_at(step: usize, warmup: usize, total: usize, peak: f64, min: f64) -> f64 {
-    if step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
-    }
-    let progress = ((step - warmup) as f64 / (total - warmup).max(1) as f64).min(1.0);
-    min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
 /// Train (or resume) the run described by `cfg` on `device` (a plain device; autodiff
@@ -118,9 +108,21 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         path: ckpt_root.clone(),
         source,
     })?;
-    let resumed_from = latest_checkpoint(&ckpt_root)?;
+    let seq_len = train_data.seq_len();
+    let shape = RunShape {
+        steps_per_epoch: steps_per_epoch(t.eval_every, t.checkpoint_every),
+        max_steps: t.max_steps,
+        grad_accum: t.grad_accum,
+        tokens_per_step: (t.batch_size * t.grad_accum * (seq_len - 1)) as u64,
+    };
+    let checkpoints = StepCheckpoints::new(ckpt_root.clone(), shape.clone());
+    let saved = checkpoints.steps().map_err(|source| TrainError::Io {
+        path: ckpt_root.clone(),
+        source,
+    })?;
+    let resumed_from_step = saved.last().copied();
     let cfg_path = out.join("student_config.json");
-    if resumed_from.is_some() {
+    if resumed_from_step.is_some() {
         // A checkpoint of another shape cannot be resumed: say so before touching anything.
         let saved = std::fs::read_to_string(&cfg_path).map_err(|source| TrainError::Io {
             path: cfg_path.clone(),
@@ -157,7 +159,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         })?;
     device.seed(t.seed);
     let ad = device.clone().autodiff();
-    let mut model = match &t.init_from {
+    let student = match &t.init_from {
         // the checkpoint's weights; its token ids must mean the same as the dataset's
         Some(dir) => {
             crate::distill::check_model_tokenizer(dir, manifest, &cfg.data.dataset)?;
@@ -165,19 +167,17 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         }
         None => student_cfg.init(&ad),
     };
-    let mut optim = adamw(cfg);
-    let mut state = RunState::default();
-    if let Some(dir) = &resumed_from {
-        (model, optim, state) = load_checkpoint(dir, model, optim, &ad)?;
-        truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
-        eprintln!("resuming from {} (step {})", dir.display(), state.step);
-    }
-    let resumed_from_step = resumed_from.as_ref().map(|_| state.step);
 
-    let seq_len = train_data.seq_len();
-    let tokens_per_row = (seq_len - 1) as u64;
+    if let Some(step) = resumed_from_step {
+        let dir = checkpoints.dir(step);
+        check_checkpoint(&dir)?;
+        truncate_metrics(&out.join("metrics.jsonl"), step)?;
+        eprintln!("resuming from {} (step {step})", dir.display());
+    }
+    let start_step = resumed_from_step.unwrap_or(0);
+
     let kd = cfg.distill.clone().unwrap_or_default();
-    let (mut source, valid_teacher) = build_source(cfg, train_data, device)?;
+    let (source, valid_teacher) = build_source(cfg, train_data, device)?;
     if source.len() < t.batch_size {
         return Err(TrainError::Config {
             path: cfg.data.dataset.clone(),
@@ -188,18 +188,35 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             ),
         });
     }
-    source.start_epoch(t.seed, state.epoch);
     let distilling = cfg.teacher.is_some();
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join("metrics.jsonl"))
-        .map_err(|source| TrainError::Io {
-            path: out.join("metrics.jsonl"),
-            source,
-        })?;
+    let feed = Arc::new(Mutex::new(TrainFeed::new(
+        source,
+        FeedConfig {
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            student_vocab: student_cfg.vocab_size,
+            seed: t.seed,
+            kd,
+            max_steps: t.max_steps,
+            steps_per_epoch: shape.steps_per_epoch,
+        },
+        start_step,
+    )));
+    let valid = Arc::new(ValidSet {
+        data: valid_data,
+        teacher: valid_teacher,
+        batch_size: t.batch_size,
+        student_vocab: student_cfg.vocab_size,
+    });
+    let metrics_path = out.join("metrics.jsonl");
+    if start_step == 0 && t.eval_every > 0 {
+        // the starting point of the validation curves
+        let (report, kd_report) = valid.evaluate(&student.valid(), t.eval_batches, device);
+        log_eval(&metrics_path, 0, 0, &report, kd_report.as_ref())?;
+    }
+
     let bar = ProgressBar::new(t.max_steps as u64)
-        .with_position(state.step as u64)
+        .with_position(start_step as u64)
         .with_style(
             ProgressStyle::with_template(
                 "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps {msg}",
@@ -207,151 +224,90 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             .expect("template"),
         );
     bar.set_prefix("train");
-    let say = |line: String| {
-        if bar.is_hidden() {
-            eprintln!("{line}")
-        } else {
-            bar.println(line)
-        }
-    };
+    let logger = JsonlLogger::open(
+        &metrics_path,
+        shape.clone(),
+        t.log_every,
+        (t.warmup_steps, t.lr, t.min_lr),
+        distilling,
+        bar.clone(),
+    )
+    .map_err(|source| TrainError::Io {
+        path: metrics_path.clone(),
+        source,
+    })?;
+    let last_loss = logger.last_loss.clone();
+    let mut training = SupervisedTraining::<Distiller>::new(
+        out,
+        Arc::new(TrainLoader {
+            feed: feed.clone(),
+            device: ad.clone(),
+        }),
+        Arc::new(ValidLoader {
+            set: valid.clone(),
+            feed,
+            eval_every: t.eval_every,
+            max_batches: t.eval_batches,
+            device: device.clone(),
+        }),
+    )
+    .with_metric_logger(logger)
+    .renderer(Box::new(StepBar::new(bar.clone(), shape.clone())))
+    .with_application_logger(None)
+    .with_custom_checkpointers(
+        checkpoints.part("model"),
+        checkpoints.part("optim"),
+        checkpoints.part("scheduler"),
+    )
+    .with_checkpointing_strategy(EveryNSteps {
+        shape: shape.clone(),
+        every: t.checkpoint_every,
+        keep: t.keep_checkpoints,
+        saved: saved.iter().map(|&s| shape.epoch_of_step(s)).collect(),
+    })
+    .num_epochs(shape.epoch_of_step(t.max_steps));
+    for metric in StatMetric::training(distilling) {
+        training = training.metric_train_numeric(metric);
+    }
+    training = training.metric_train_numeric(TokensPerSecond::default());
+    for metric in StatMetric::validation(distilling) {
+        training = training.metric_valid_numeric(metric);
+    }
+    if t.grad_accum > 1 {
+        training = training.grads_accumulation(t.grad_accum);
+    }
+    if start_step > 0 {
+        training = training.checkpoint(shape.epoch_of_step(start_step));
+    }
+    let learner = Learner::new(
+        Distiller::new(student, t.grad_clip),
+        adamw(cfg),
+        WarmupCosine {
+            warmup: t.warmup_steps,
+            total: t.max_steps,
+            peak: t.lr,
+            min: t.min_lr,
+            step: 0,
+        },
+    );
 
     let start = Instant::now();
-    let start_tokens = state.tokens;
-    let (mut window_loss, mut window_steps, mut window_start, mut window_tokens) =
-        (0.0f64, 0usize, Instant::now(), 0u64);
-    let mut last_loss = f64::NAN;
-    let (mut window_kd, mut window_ce, mut window_top1) = (0.0f64, 0.0f64, 0.0f64);
-    // Validation loss on real text, plus KL/agreement with the teacher when distilling; logged.
-    let validate = |student: &Student, batches: usize| -> (EvalReport, Option<KdEval>) {
-        let report = evaluate(student, &valid_data, t.batch_size, batches, device);
-        let kd = valid_teacher
-            .as_ref()
-            .map(|v| evaluate_kd(student, v, &valid_data, t.batch_size, batches, device));
-        (report, kd)
-    };
-    if state.step == 0 && t.eval_every > 0 {
-        // the starting point of the validation curves
-        let (report, kd_report) = validate(&model.valid(), t.eval_batches);
-        log_eval(&mut metrics, out, &state, &report, kd_report.as_ref())?;
-        window_start = Instant::now();
-    }
-    while state.step < t.max_steps {
-        let lr = lr_at(state.step, t.warmup_steps, t.max_steps, t.lr, t.min_lr);
-        let mut accum = GradientsAccumulator::<Student>::new();
-        let mut step_loss = 0.0f64;
-        for _ in 0..t.grad_accum {
-            if state.cursor + t.batch_size > source.len() {
-                state.epoch += 1;
-                state.cursor = 0;
-                source.start_epoch(t.seed, state.epoch);
-            }
-            let batch = source.batch(
-                state.cursor,
-                t.batch_size,
-                student_cfg.vocab_size,
-                kd.temperature,
-                &ad,
-            )?;
-            state.cursor += t.batch_size;
-            // losses in f32 whatever the compute precision
-            // logits chunk by chunk inside the loss, never as a whole [b, t, V] tensor
-            let hidden = model.forward_hidden(batch.inputs, None);
-            let HiddenLoss { out, argmax } = loss_from_hidden(
-                hidden,
-                model.head_weight(),
-                batch.teacher.as_ref(),
-                batch.targets,
-                &kd,
-            );
-            if let Some(teacher) = &batch.teacher {
-                window_kd += out.kd.clone().into_scalar::<f64>() / t.grad_accum as f64;
-                window_ce += out.ce.clone().into_scalar::<f64>() / t.grad_accum as f64;
-                let argmax = argmax.into_data().try_into_vec_as::<i64>().expect("argmax");
-                window_top1 += top1_agreement(&argmax, &teacher.top1) / t.grad_accum as f64;
-            }
-            let loss = out.total;
-            let grads = loss.clone().div_scalar(t.grad_accum as f64).backward();
-            accum.accumulate(&model, GradientsParams::from_grads(grads, &model));
-            step_loss += loss.into_scalar::<f64>() / t.grad_accum as f64;
-            state.tokens += t.batch_size as u64 * tokens_per_row;
-            window_tokens += t.batch_size as u64 * tokens_per_row;
-        }
-        let (grads, grad_norm) = clip_global_norm(&model, accum.grads(), t.grad_clip);
-        model = optim.step(lr, model, grads);
-        state.step += 1;
-        bar.inc(1);
-        last_loss = step_loss;
-        window_loss += step_loss;
-        window_steps += 1;
-
-        if state.step % t.log_every == 0 || state.step == t.max_steps {
-            let loss = window_loss / window_steps as f64;
-            let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64();
-            let mut row = serde_json::json!({
-                "step": state.step, "split": "train", "tokens": state.tokens, "loss": loss,
-                "perplexity": loss.exp(), "lr": lr, "grad_norm": grad_norm, "tokens_per_second": tps,
-                "elapsed_seconds": start.elapsed().as_secs_f64(),
-            });
-            if distilling {
-                let n = window_steps as f64;
-                let ce = window_ce / n;
-                row["kd_loss"] = (window_kd / n).into();
-                row["ce"] = ce.into();
-                row["perplexity"] = ce.exp().into();
-                row["top1_agreement"] = (window_top1 / n).into();
-                (window_kd, window_ce, window_top1) = (0.0, 0.0, 0.0);
-            }
-            append_line(&mut metrics, &out.join("metrics.jsonl"), &row)?;
-            bar.set_message(format!("loss {loss:.3} | lr {lr:.2e} | {tps:.0} tok/s"));
-            if bar.is_hidden() {
-                let detail = match (
-                    row["kd_loss"].as_f64(),
-                    row["ce"].as_f64(),
-                    row["top1_agreement"].as_f64(),
-                ) {
-                    (Some(kd), Some(ce), Some(a)) => format!(
-                        "kd {kd:.4}  ce {ce:.4}  ppl {:>8.2}  top-1 {a:.3}",
-                        ce.exp()
-                    ),
-                    _ => format!("ppl {:>8.2}", loss.exp()),
-                };
-                say(format!(
-                    "step {:>6}  loss {loss:.4}  {detail}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s",
-                    state.step
-                ));
-            }
-            (window_loss, window_steps, window_start, window_tokens) = (0.0, 0, Instant::now(), 0);
-        }
-        if t.eval_every > 0 && state.step % t.eval_every == 0 && state.step < t.max_steps {
-            let (report, kd_report) = validate(&model.valid(), t.eval_batches);
-            log_eval(&mut metrics, out, &state, &report, kd_report.as_ref())?;
-            say(format!(
-                "step {:>6}  validation loss {:.4}  ppl {:.2}{}",
-                state.step,
-                report.loss,
-                report.perplexity,
-                kd_report
-                    .map(|k| format!(
-                        "  KL to teacher {:.4}  top-1 agreement {:.3}",
-                        k.kl, k.top1_agreement
-                    ))
-                    .unwrap_or_default()
-            ));
-            window_start = Instant::now();
-        }
-        if state.step % t.checkpoint_every == 0 || state.step == t.max_steps {
-            save_checkpoint(&ckpt_root, &model, &optim, &state, t.keep_checkpoints)?;
-        }
-    }
+    let result = training.launch(learner);
     bar.finish_and_clear();
+    if let Some(error) = result.error {
+        return Err(TrainError::Training {
+            path: out.clone(),
+            message: error.to_string(),
+        });
+    }
     let seconds = start.elapsed().as_secs_f64();
 
-    let valid_model = model.valid();
-    let (validation, validation_kd) = validate(&valid_model, 0);
+    let valid_model = result.model.student;
+    let (validation, validation_kd) = valid.evaluate(&valid_model, 0, device);
     log_eval(
-        &mut metrics,
-        out,
-        &state,
+        &metrics_path,
+        t.max_steps,
+        t.max_steps as u64 * shape.tokens_per_step,
         &validation,
         validation_kd.as_ref(),
     )?;
@@ -364,13 +320,14 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             source,
         }
     })?;
-    let trained_tokens = state.tokens - start_tokens;
+    let trained_tokens = (t.max_steps - start_step) as u64 * shape.tokens_per_step;
+    let final_train_loss = *last_loss.lock().expect("last loss");
     let summary = TrainSummary {
-        steps: state.step,
-        tokens: state.tokens,
+        steps: t.max_steps,
+        tokens: t.max_steps as u64 * shape.tokens_per_step,
         seconds,
         tokens_per_second: trained_tokens as f64 / seconds.max(1e-9),
-        final_train_loss: last_loss,
+        final_train_loss,
         validation,
         validation_kd,
         unigram_validation_perplexity: manifest.unigram.validation_perplexity,
@@ -387,6 +344,36 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     Ok(summary)
 }
 
+/// Optimizer steps per burn-train epoch: the largest number that divides both the
+/// validation and the checkpoint interval (0 = never validate).
+fn steps_per_epoch(eval_every: usize, checkpoint_every: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    gcd(eval_every, checkpoint_every).max(1)
+}
+
+/// Read every record of a checkpoint, so that a damaged one is an error naming its file
+/// (burn-train's own loading would panic).
+fn check_checkpoint(dir: &Path) -> Result<(), TrainError> {
+    let err = |file: &str, message: String| TrainError::Checkpoint {
+        path: dir.join(file),
+        message,
+    };
+    let bytes = |file: &str| {
+        std::fs::read(dir.join(file))
+            .map(burn::tensor::Bytes::from_bytes_vec)
+            .map_err(|e| err(file, e.to_string()))
+    };
+    burn::store::ModuleRecord::from_bytes(bytes("model.bpk")?)
+        .map_err(|e| err("model.bpk", e.to_string()))?;
+    burn::optim::OptimizerRecord::from_bytes(bytes("optim.bpk")?)
+        .map_err(|e| err("optim.bpk", e.to_string()))?;
+    burn::lr_scheduler::LrSchedulerRecord::from_bytes(bytes("scheduler.bpk")?)
+        .map_err(|e| err("scheduler.bpk", e.to_string()))?;
+    Ok(())
+}
+
 /// AdamW with decoupled weight decay on matrices only (RMSNorm gains are not decayed).
 fn adamw(cfg: &TrainConfig) -> ModuleOptimizer {
     let t = &cfg.train;
@@ -399,147 +386,6 @@ fn adamw(cfg: &TrainConfig) -> ModuleOptimizer {
         .with_weight_decay(t.weight_decay as f32)
         .init()
         .with_group(no_decay, base.with_weight_decay(0.0).build(), None)
-}
-
-/// Scale all gradients so that their global L2 norm is at most `max_norm` (0 = no clipping).
-/// Returns the norm before clipping. Burn's own `GradientClipping::Norm` clips each tensor
-/// separately, which is not what LLM recipes mean by clipping.
-fn clip_global_norm<M: Module>(
-    model: &M,
-    mut grads: GradientsParams,
-    max_norm: f64,
-) -> (GradientsParams, f64) {
-    struct SquaredNorm<'a> {
-        grads: &'a GradientsParams,
-        sum: f64,
-    }
-    impl ModuleVisitor for SquaredNorm<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(p.id) {
-                self.sum += g.square().sum().into_scalar::<f64>();
-            }
-        }
-    }
-    struct Scale<'a> {
-        grads: &'a mut GradientsParams,
-        factor: f64,
-    }
-    impl ModuleVisitor for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.remove::<D>(p.id) {
-                self.grads.register::<D>(p.id, g.mul_scalar(self.factor));
-            }
-        }
-    }
-    let mut norm = SquaredNorm {
-        grads: &grads,
-        sum: 0.0,
-    };
-    model.visit(&mut norm);
-    let norm = norm.sum.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        model.visit(&mut Scale {
-            grads: &mut grads,
-            factor: max_norm / (norm + 1e-6),
-        });
-    }
-    (grads, norm)
-}
-
-fn checkpoint_dir(root: &Path, step: usize) -> PathBuf {
-    root.join(format!("step-{step:08}"))
-}
-
-/// The newest complete checkpoint (half-written ones end in `.tmp` and are ignored).
-fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>, TrainError> {
-    let entries = std::fs::read_dir(root).map_err(|source| TrainError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
-    let mut steps: Vec<(usize, PathBuf)> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?;
-            let step = name.strip_prefix("step-")?.parse().ok()?;
-            p.join("state.json").is_file().then_some((step, p))
-        })
-        .collect();
-    steps.sort();
-    Ok(steps.pop().map(|(_, p)| p))
-}
-
-fn save_checkpoint(
-    root: &Path,
-    model: &Student,
-    optim: &ModuleOptimizer,
-    state: &RunState,
-    keep: usize,
-) -> Result<(), TrainError> {
-    let dir = checkpoint_dir(root, state.step);
-    let tmp = dir.with_extension("tmp");
-    let err = |message: String| TrainError::Checkpoint {
-        path: dir.clone(),
-        message,
-    };
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| err(e.to_string()))?;
-    model
-        .clone()
-        .save_file(tmp.join("model.bpk"))
-        .map_err(|e| err(format!("saving model: {e}")))?;
-    optim
-        .save(tmp.join("optim.bpk"))
-        .map_err(|e| err(format!("saving optimizer: {e}")))?;
-    write_file(
-        &tmp.join("state.json"),
-        serde_json::to_string_pretty(state)
-            .expect("serializes")
-            .as_bytes(),
-    )?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| err(e.to_string()))?;
-    // prune: keep the newest `keep` checkpoints
-    let mut all: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| err(e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
-        })
-        .collect();
-    all.sort();
-    let excess = all.len().saturating_sub(keep.max(1));
-    for old in &all[..excess] {
-        std::fs::remove_dir_all(old).map_err(|e| err(e.to_string()))?;
-    }
-    Ok(())
-}
-
-fn load_checkpoint(
-    dir: &Path,
-    model: Student,
-    optim: ModuleOptimizer,
-    device: &Device,
-) -> Result<(Student, ModuleOptimizer, RunState), TrainError> {
-    let err = |message: String| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        message,
-    };
-    let model = model
-        .try_load_file(dir.join("model.bpk"))
-        .map_err(|e| err(format!("model weights: {e}")))?
-        .fork(device);
-    let optim = optim
-        .load(dir.join("optim.bpk"))
-        .map_err(|e| err(format!("optimizer state: {e}")))?;
-    let text = std::fs::read_to_string(dir.join("state.json")).map_err(|e| err(e.to_string()))?;
-    let state = serde_json::from_str(&text).map_err(|e| err(format!("state.json: {e}")))?;
-    Ok((model, optim, state))
 }
 
 /// Drop metric lines past `step` (written after the checkpoint a resumed run restarts from).
@@ -560,31 +406,28 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<(), TrainError> {
     write_file(path, kept.as_bytes())
 }
 
+/// Append the validation row of step `step` to `metrics.jsonl` (the starting point and the
+/// full validation at the end; burn-train's logger writes the ones in between).
 fn log_eval(
-    metrics: &mut std::fs::File,
-    out: &Path,
-    state: &RunState,
+    path: &Path,
+    step: usize,
+    tokens: u64,
     r: &EvalReport,
     kd: Option<&KdEval>,
 ) -> Result<(), TrainError> {
     let mut row = serde_json::json!({
-        "step": state.step, "split": "validation", "tokens": state.tokens, "loss": r.loss,
+        "step": step, "split": "validation", "tokens": tokens, "loss": r.loss,
         "perplexity": r.perplexity, "eval_tokens": r.tokens,
     });
     if let Some(kd) = kd {
         row["kl_to_teacher"] = kd.kl.into();
         row["top1_agreement"] = kd.top1_agreement.into();
     }
-    append_line(metrics, &out.join("metrics.jsonl"), &row)
-}
-
-fn append_line(
-    file: &mut std::fs::File,
-    path: &Path,
-    row: &serde_json::Value,
-) -> Result<(), TrainError> {
-    writeln!(file, "{row}")
-        .and_then(|_| file.flush())
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| writeln!(file, "{row}").and_then(|_| file.flush()))
         .map_err(|source| TrainError::Io {
             path: path.to_path_buf(),
             source,
@@ -603,8 +446,19 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::steps_per_epoch;
     use crate::batches::permutation;
+    use crate::lr_at;
+
+    #[test]
+    fn burn_train_epochs_divide_the_validation_and_checkpoint_intervals() {
+        assert_eq!(steps_per_epoch(25, 50), 25);
+        assert_eq!(steps_per_epoch(100, 50), 50);
+        assert_eq!(steps_per_epoch(140, 140), 140);
+        assert_eq!(steps_per_epoch(4, 6), 2);
+        // no validation: epochs are the checkpoint interval
+        assert_eq!(steps_per_epoch(0, 50), 50);
+    }
 
     #[test]
     fn lr_schedule_warms_up_then_decays_to_min() {

@@ -1,0 +1,363 @@
+//! The student as a burn-train [`Learner`](burn_train::Learner) model: one training step
+//! (fused KD/CE loss from the hidden states, backward), the optimizer update with
+//! global-norm clipping, one validation step, and the warmup+cosine schedule.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_std::ExecutionError;
+use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use ember_student::Student;
+
+use crate::distill::top1_agreement;
+use crate::{
+    HiddenLoss, KdConfig, KdLoss, TeacherTargets, cross_entropy, kd_loss, loss_from_hidden,
+};
+
+/// The model burn-train trains: the student, plus the clipping threshold and the record of
+/// gradient norms (one per optimizer step) that the metrics read.
+#[derive(Module, Debug)]
+pub struct Distiller {
+    pub student: Student,
+    #[module(skip)]
+    pub clip: GradClip,
+}
+
+/// Global-norm clipping of each optimizer step's gradient; the norms before clipping are kept.
+#[derive(Clone, Debug, Default)]
+pub struct GradClip {
+    /// 0 = no clipping.
+    pub max_norm: f64,
+    /// Norm of the gradient of every optimizer step taken by this process, in order.
+    pub norms: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Distiller {
+    pub fn new(student: Student, max_norm: f64) -> Self {
+        Self {
+            student,
+            clip: GradClip {
+                max_norm,
+                norms: Arc::default(),
+            },
+        }
+    }
+}
+
+/// One micro-batch: `inputs`/`targets` `[b, T-1]`, and teacher targets when distilling.
+pub struct TrainBatch {
+    pub inputs: Tensor<2, Int>,
+    pub targets: Tensor<2, Int>,
+    pub teacher: Option<TeacherTargets>,
+    pub kd: KdConfig,
+    /// Micro-batches per optimizer step: the loss is divided by it, so that the summed
+    /// gradients of a step are their mean.
+    pub grad_accum: usize,
+    /// Predicted positions in this micro-batch.
+    pub tokens: usize,
+    /// Index (in this process) of the optimizer step this micro-batch ends, if it ends one.
+    pub ends_step: Option<usize>,
+}
+
+/// What a training step reports; tensors until [`ItemLazy::sync`] reads them.
+pub struct TrainStepOutput {
+    pending: Option<PendingTrain>,
+    grad_norms: Arc<Mutex<Vec<f64>>>,
+    ends_step: Option<usize>,
+    pub stats: StepStats,
+}
+
+/// A training step's loss tensors (total, KD, CE) and, when distilling, the student's
+/// argmax with the teacher's top-1.
+struct PendingTrain {
+    total: Tensor<1>,
+    kd: Tensor<1>,
+    ce: Tensor<1>,
+    agreement: Option<(Tensor<2, Int>, Vec<i32>)>,
+}
+
+/// A validation step's cross-entropy and, when distilling, KL, argmax and teacher top-1.
+struct PendingValid {
+    ce: Tensor<1>,
+    teacher: Option<(Tensor<1>, Tensor<3, Int>, Vec<i32>)>,
+}
+
+/// Host-side numbers of one training or validation micro-batch; every metric reads these.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    /// Predicted positions (the weight of the loss values).
+    pub tokens: usize,
+    /// Loss minimised (training) or cross-entropy on the real text (validation).
+    pub loss: f64,
+    /// Distillation term and cross-entropy on the hard labels (when distilling).
+    pub kd: Option<f64>,
+    pub ce: Option<f64>,
+    /// Forward KL to the teacher at temperature 1 (validation when distilling).
+    pub kl: Option<f64>,
+    /// Share of positions where the student's argmax is the teacher's, and their count.
+    pub top1: Option<(f64, usize)>,
+    /// Global gradient norm before clipping (the micro-batch that ends an optimizer step).
+    pub grad_norm: Option<f64>,
+    /// When the training step's backward pass returned (for tokens/s).
+    pub done_at: Option<Instant>,
+}
+
+impl TrainStep for Distiller {
+    type Input = TrainBatch;
+    type Output = TrainStepOutput;
+
+    fn step(&self, item: TrainBatch) -> TrainOutput<TrainStepOutput> {
+        // losses in f32 whatever the compute precision; logits chunk by chunk inside the
+        // loss, never as a whole [b, t, V] tensor
+        let hidden = self.student.forward_hidden(item.inputs, None);
+        let HiddenLoss { out, argmax } = loss_from_hidden(
+            hidden,
+            self.student.head_weight(),
+            item.teacher.as_ref(),
+            item.targets,
+            &item.kd,
+        );
+        let grads = out
+            .total
+            .clone()
+            .div_scalar(item.grad_accum as f64)
+            .backward();
+        let done_at = Some(Instant::now());
+        let agreement = item.teacher.map(|t| (argmax, t.top1));
+        let output = TrainStepOutput {
+            pending: Some(PendingTrain {
+                total: out.total,
+                kd: out.kd,
+                ce: out.ce,
+                agreement,
+            }),
+            grad_norms: self.clip.norms.clone(),
+            ends_step: item.ends_step,
+            stats: StepStats {
+                tokens: item.tokens,
+                done_at,
+                ..StepStats::default()
+            },
+        };
+        TrainOutput::new(self, grads, output)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        let (grads, norm) = clip_global_norm(&self, grads, self.clip.max_norm);
+        self.clip.norms.lock().expect("grad norms").push(norm);
+        optim.step(lr, self, grads)
+    }
+}
+
+impl ItemLazy for TrainStepOutput {
+    fn sync(mut self) -> Result<Self, ExecutionError> {
+        let scalar = |t: Tensor<1>| -> Result<f64, ExecutionError> {
+            let data = t.try_into_data()?;
+            Ok(data.try_into_vec_as::<f64>().expect("float scalar")[0])
+        };
+        if let Some(PendingTrain {
+            total,
+            kd,
+            ce,
+            agreement,
+        }) = self.pending.take()
+        {
+            self.stats.loss = scalar(total)?;
+            if let Some((argmax, teacher_top1)) = agreement {
+                self.stats.kd = Some(scalar(kd)?);
+                self.stats.ce = Some(scalar(ce)?);
+                let argmax = argmax
+                    .try_into_data()?
+                    .try_into_vec_as::<i64>()
+                    .expect("int argmax");
+                let n = teacher_top1.len();
+                self.stats.top1 = Some((top1_agreement(&argmax, &teacher_top1), n));
+            }
+        }
+        if let Some(step) = self.ends_step {
+            // the optimizer step ran before burn-train hands the item to the metrics
+            self.stats.grad_norm = self
+                .grad_norms
+                .lock()
+                .expect("grad norms")
+                .get(step)
+                .copied();
+        }
+        Ok(self)
+    }
+}
+
+/// One validation batch: cross-entropy on `(inputs, targets)`; when distilling, KL and
+/// top-1 agreement against the teacher's targets for `teacher_inputs` (the same rows as
+/// `inputs` unless recorded validation logits hold other rows).
+pub struct ValidBatch {
+    pub inputs: Tensor<2, Int>,
+    pub targets: Tensor<2, Int>,
+    pub tokens: usize,
+    pub teacher: Option<ValidTeacherBatch>,
+}
+
+pub struct ValidTeacherBatch {
+    /// `None` when the teacher saw `inputs` itself.
+    pub inputs: Option<Tensor<2, Int>>,
+    pub targets: Tensor<2, Int>,
+    pub teacher: TeacherTargets,
+}
+
+/// What a validation step reports; tensors until [`ItemLazy::sync`].
+pub struct ValidStepOutput {
+    pending: Option<PendingValid>,
+    pub stats: StepStats,
+}
+
+impl InferenceStep for Distiller {
+    type Input = ValidBatch;
+    type Output = ValidStepOutput;
+
+    fn step(&self, item: ValidBatch) -> ValidStepOutput {
+        valid_step(&self.student, item)
+    }
+}
+
+/// Cross-entropy, and forward KL (T = 1) and top-1 agreement when a teacher is given.
+pub fn valid_step(student: &Student, item: ValidBatch) -> ValidStepOutput {
+    let logits = student.forward(item.inputs).cast(DType::F32);
+    let ce = cross_entropy(logits.clone(), item.targets);
+    let teacher = item.teacher.map(|t| {
+        let logits = match t.inputs {
+            Some(inputs) => student.forward(inputs).cast(DType::F32),
+            None => logits,
+        };
+        let cfg = KdConfig {
+            loss: KdLoss::ForwardKl,
+            temperature: 1.0,
+            ce_weight: 0.0,
+            ..KdConfig::default()
+        };
+        let argmax = logits.clone().argmax(2);
+        let kl = kd_loss(logits, &t.teacher, t.targets, &cfg).kd;
+        (kl, argmax, t.teacher.top1)
+    });
+    ValidStepOutput {
+        pending: Some(PendingValid { ce, teacher }),
+        stats: StepStats {
+            tokens: item.tokens,
+            ..StepStats::default()
+        },
+    }
+}
+
+impl ItemLazy for ValidStepOutput {
+    fn sync(mut self) -> Result<Self, ExecutionError> {
+        let scalar = |t: Tensor<1>| -> Result<f64, ExecutionError> {
+            let data = t.try_into_data()?;
+            Ok(data.try_into_vec_as::<f64>().expect("float scalar")[0])
+        };
+        if let Some(PendingValid { ce, teacher }) = self.pending.take() {
+            self.stats.loss = scalar(ce)?;
+            if let Some((kl, argmax, top1)) = teacher {
+                self.stats.kl = Some(scalar(kl)?);
+                let argmax = argmax
+                    .try_into_data()?
+                    .try_into_vec_as::<i64>()
+                    .expect("int argmax");
+                self.stats.top1 = Some((top1_agreement(&argmax, &top1), top1.len()));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Scale all gradients so that their global L2 norm is at most `max_norm` (0 = no clipping).
+/// Returns the norm before clipping. Burn's own `GradientClipping::Norm` clips each tensor
+/// separately, which is not what LLM recipes mean by clipping.
+pub fn clip_global_norm<M: Module>(
+    model: &M,
+    mut grads: GradientsParams,
+    max_norm: f64,
+) -> (GradientsParams, f64) {
+    struct SquaredNorm<'a> {
+        grads: &'a GradientsParams,
+        sum: f64,
+    }
+    impl ModuleVisitor for SquaredNorm<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(p.id) {
+                self.sum += g.square().sum().into_scalar::<f64>();
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(p.id) {
+                self.grads.register::<D>(p.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut norm = SquaredNorm {
+        grads: &grads,
+        sum: 0.0,
+    };
+    model.visit(&mut norm);
+    let norm = norm.sum.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        model.visit(&mut Scale {
+            grads: &mut grads,
+            factor: max_norm / (norm + 1e-6),
+        });
+    }
+    (grads, norm)
+}
+
+/// Learning rate at optimizer step `step` (0-based): linear warmup to `peak` over
+/// `warmup` steps, then cosine decay to `min` at `total`.
+pub fn lr_at(step: usize, warmup: usize, total: usize, peak: f64, min: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = ((step - warmup) as f64 / (total - warmup).max(1) as f64).min(1.0);
+    min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// [`lr_at`] as a burn scheduler; its record is the number of steps taken.
+#[derive(Clone, Debug)]
+pub struct WarmupCosine {
+    pub warmup: usize,
+    pub total: usize,
+    pub peak: f64,
+    pub min: f64,
+    pub step: usize,
+}
+
+impl LrScheduler for WarmupCosine {
+    fn step(&mut self) -> LearningRate {
+        let lr = lr_at(self.step, self.warmup, self.total, self.peak, self.min);
+        self.step += 1;
+        lr
+    }
+
+    fn to_record(&self) -> LrSchedulerRecord {
+        LrSchedulerRecord::new().with_scalar("step", self.step as u64)
+    }
+
+    fn load_record(&mut self, record: LrSchedulerRecord) {
+        if let Some(step) = record.scalar::<u64>("step") {
+            self.step = step as usize;
+        }
+    }
+}
