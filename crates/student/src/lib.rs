@@ -6,6 +6,7 @@
 
 mod config;
 mod error;
+mod fused;
 mod generate;
 mod gguf;
 mod hf;
