@@ -194,13 +194,16 @@ impl Numeric for StatMetric {
     }
 }
 
-/// Training tokens per second, from the time between consecutive steps.
+/// Training tokens per second, from the time between consecutive micro-batches (the first of
+/// each burn-train epoch has no predecessor and weight 0, so validation time is left out).
 #[derive(Clone, Default)]
 pub struct TokensPerSecond {
     last: Option<Instant>,
     tokens: f64,
     seconds: f64,
     current: f64,
+    /// Microseconds since the previous micro-batch (the weight of `current`).
+    current_micros: usize,
 }
 
 impl Metric for TokensPerSecond {
@@ -232,6 +235,7 @@ impl Metric for TokensPerSecond {
             self.seconds += dt;
         }
         self.last = item.done_at;
+        self.current_micros = micros;
         // weighted by time, the mean of the rates is total tokens over total time
         Ok(serialized(
             self.current,
@@ -255,7 +259,10 @@ impl Metric for TokensPerSecond {
 
 impl Numeric for TokensPerSecond {
     fn value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Value(self.current))
+        Some(NumericEntry::Aggregated {
+            aggregated_value: self.current,
+            count: self.current_micros,
+        })
     }
 
     fn running_value(&self) -> Option<NumericEntry> {
@@ -303,8 +310,6 @@ pub struct JsonlLogger {
     epoch: usize,
     items: usize,
     window: BTreeMap<String, (f64, f64)>,
-    window_start: Instant,
-    window_tokens: u64,
     step_loss: (f64, f64),
     valid: BTreeMap<String, (f64, f64)>,
     started: Instant,
@@ -338,8 +343,6 @@ impl JsonlLogger {
             epoch: 0,
             items: 0,
             window: BTreeMap::new(),
-            window_start: Instant::now(),
-            window_tokens: 0,
             step_loss: (0.0, 0.0),
             valid: BTreeMap::new(),
             started: Instant::now(),
@@ -402,7 +405,8 @@ impl JsonlLogger {
         let (warmup, peak, min) = self.schedule;
         let lr = lr_at(step - 1, warmup, self.shape.max_steps, peak, min);
         let grad_norm = Self::mean(&w, "grad_norm").unwrap_or(f64::NAN);
-        let tps = self.window_tokens as f64 / self.window_start.elapsed().as_secs_f64();
+        // rates weighted by the time between steps: tokens over time, validation left out
+        let tps = Self::mean(&w, "tokens_per_second").unwrap_or(f64::NAN);
         let mut row = serde_json::json!({
             "step": step, "split": "train", "tokens": step as u64 * self.shape.tokens_per_step,
             "loss": loss, "perplexity": loss.exp(), "lr": lr, "grad_norm": grad_norm,
@@ -432,8 +436,6 @@ impl JsonlLogger {
                 "step {step:>6}  loss {loss:.4}  {detail}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s"
             ));
         }
-        self.window_start = Instant::now();
-        self.window_tokens = 0;
     }
 
     fn valid_row(&mut self, step: usize) {
@@ -459,8 +461,6 @@ impl JsonlLogger {
             "step {step:>6}  validation loss {loss:.4}  ppl {:.2}{teacher}",
             loss.exp()
         ));
-        // validation time is not training time
-        self.window_start = Instant::now();
     }
 }
 
@@ -484,7 +484,6 @@ impl MetricLogger for JsonlLogger {
                     if k == "loss" {
                         self.step_loss.0 += s;
                         self.step_loss.1 += w;
-                        self.window_tokens += w as u64;
                     }
                 }
                 if self.items % self.shape.grad_accum == 0 {
