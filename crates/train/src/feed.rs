@@ -126,10 +126,15 @@ impl DataLoader<TrainBatch> for TrainLoader {
             .min(feed.cfg.max_steps.saturating_sub(feed.steps_done));
         let total = steps * feed.cfg.grad_accum;
         drop(feed);
-        Box::new(TrainIter {
-            loader: self,
+        Box::new(EpochIter {
+            next: Box::new(|| {
+                lock(&self.feed)
+                    .next_batch(&self.device)
+                    .map_err(DatasetError::new)
+            }),
             done: 0,
             total,
+            unit: "micro-batches",
         })
     }
 
@@ -151,31 +156,29 @@ impl DataLoader<TrainBatch> for TrainLoader {
     }
 }
 
-struct TrainIter<'a> {
-    loader: &'a TrainLoader,
+/// `total` items of one burn-train epoch, each made by `next` on demand.
+struct EpochIter<'a, O> {
+    next: Box<dyn FnMut() -> Result<O, DatasetError> + 'a>,
     done: usize,
     total: usize,
+    unit: &'static str,
 }
 
-impl Iterator for TrainIter<'_> {
-    type Item = Result<TrainBatch, DatasetError>;
+impl<O> Iterator for EpochIter<'_, O> {
+    type Item = Result<O, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done == self.total {
             return None;
         }
         self.done += 1;
-        Some(
-            lock(&self.loader.feed)
-                .next_batch(&self.loader.device)
-                .map_err(DatasetError::new),
-        )
+        Some((self.next)())
     }
 }
 
-impl DataLoaderIterator<TrainBatch> for TrainIter<'_> {
+impl<O> DataLoaderIterator<O> for EpochIter<'_, O> {
     fn progress(&self) -> Progress {
-        Progress::new(self.done, self.total, Some("micro-batches".into()))
+        Progress::new(self.done, self.total, Some(self.unit.into()))
     }
 }
 
@@ -329,14 +332,19 @@ impl DataLoader<ValidBatch> for ValidLoader {
         let (step, max) = (feed.steps_done, feed.cfg.max_steps);
         drop(feed);
         let due = self.eval_every > 0 && step % self.eval_every == 0 && step < max;
-        Box::new(ValidIter {
-            loader: self,
+        let mut i = 0;
+        Box::new(EpochIter {
+            next: Box::new(move || {
+                i += 1;
+                Ok(self.set.batch(i - 1, &self.device))
+            }),
             done: 0,
             total: if due {
                 self.set.batches(self.max_batches)
             } else {
                 0
             },
+            unit: "batches",
         })
     }
 
@@ -352,32 +360,5 @@ impl DataLoader<ValidBatch> for ValidLoader {
 
     fn slice(&self, _start: usize, _end: usize) -> Arc<dyn DataLoader<ValidBatch>> {
         panic!("Ember's validation loader feeds a single device; it cannot be split")
-    }
-}
-
-struct ValidIter<'a> {
-    loader: &'a ValidLoader,
-    done: usize,
-    total: usize,
-}
-
-impl Iterator for ValidIter<'_> {
-    type Item = Result<ValidBatch, DatasetError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done == self.total {
-            return None;
-        }
-        self.done += 1;
-        Some(Ok(self
-            .loader
-            .set
-            .batch(self.done - 1, &self.loader.device)))
-    }
-}
-
-impl DataLoaderIterator<ValidBatch> for ValidIter<'_> {
-    fn progress(&self) -> Progress {
-        Progress::new(self.done, self.total, Some("batches".into()))
     }
 }

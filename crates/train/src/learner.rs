@@ -162,10 +162,6 @@ impl TrainStep for Distiller {
 
 impl ItemLazy for TrainStepOutput {
     fn sync(mut self) -> Result<Self, ExecutionError> {
-        let scalar = |t: Tensor<1>| -> Result<f64, ExecutionError> {
-            let data = t.try_into_data()?;
-            Ok(data.try_into_vec_as::<f64>().expect("float scalar")[0])
-        };
         if let Some(PendingTrain {
             total,
             kd,
@@ -173,10 +169,10 @@ impl ItemLazy for TrainStepOutput {
             agreement,
         }) = self.pending.take()
         {
-            self.stats.loss = scalar(total)?;
+            self.stats.loss = host_scalar(total)?;
             if let Some((argmax, teacher_top1)) = agreement {
-                self.stats.kd = Some(scalar(kd)?);
-                self.stats.ce = Some(scalar(ce)?);
+                self.stats.kd = Some(host_scalar(kd)?);
+                self.stats.ce = Some(host_scalar(ce)?);
                 let argmax = argmax
                     .try_into_data()?
                     .try_into_vec_as::<i64>()
@@ -260,14 +256,10 @@ pub fn valid_step(student: &Student, item: ValidBatch) -> ValidStepOutput {
 
 impl ItemLazy for ValidStepOutput {
     fn sync(mut self) -> Result<Self, ExecutionError> {
-        let scalar = |t: Tensor<1>| -> Result<f64, ExecutionError> {
-            let data = t.try_into_data()?;
-            Ok(data.try_into_vec_as::<f64>().expect("float scalar")[0])
-        };
         if let Some(PendingValid { ce, teacher }) = self.pending.take() {
-            self.stats.loss = scalar(ce)?;
+            self.stats.loss = host_scalar(ce)?;
             if let Some((kl, argmax, top1)) = teacher {
-                self.stats.kl = Some(scalar(kl)?);
+                self.stats.kl = Some(host_scalar(kl)?);
                 let argmax = argmax
                     .try_into_data()?
                     .try_into_vec_as::<i64>()
@@ -277,6 +269,12 @@ impl ItemLazy for ValidStepOutput {
         }
         Ok(self)
     }
+}
+
+/// A one-element tensor's value on the host.
+fn host_scalar(t: Tensor<1>) -> Result<f64, ExecutionError> {
+    let data = t.try_into_data()?;
+    Ok(data.try_into_vec_as::<f64>().expect("float scalar")[0])
 }
 
 /// Scale all gradients so that their global L2 norm is at most `max_norm` (0 = no clipping).
