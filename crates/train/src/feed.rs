@@ -38,60 +38,70 @@ pub struct FeedConfig {
 pub struct TrainFeed {
     source: Source,
     cfg: FeedConfig,
-    /// The source's own epoch, and rows of its permutation already used.
-    data_epoch: usize,
-    cursor: usize,
+    /// Where the next micro-batch starts in the source's own epochs.
+    pos: DataPos,
     /// Optimizer steps of the whole run completed (micro-batches handed out / grad_accum).
     steps_done: usize,
-    /// Optimizer steps handed out by this process (indexes the gradient-norm record).
-    steps_here: usize,
+    /// Micro-batches handed out by this process (its optimizer steps index the
+    /// gradient-norm record).
     micro: usize,
+}
+
+/// The source's own epoch, and rows of its permutation already used.
+#[derive(Default)]
+struct DataPos {
+    epoch: usize,
+    cursor: usize,
+}
+
+impl DataPos {
+    /// Take the next `b` of `len` rows: the first row, and whether a new epoch began (the
+    /// rest of an epoch shorter than a batch is skipped).
+    fn take(&mut self, b: usize, len: usize) -> (usize, bool) {
+        let new_epoch = self.cursor + b > len;
+        if new_epoch {
+            self.epoch += 1;
+            self.cursor = 0;
+        }
+        self.cursor += b;
+        (self.cursor - b, new_epoch)
+    }
 }
 
 impl TrainFeed {
     /// The source positioned at the start of optimizer step `step`.
     pub fn new(mut source: Source, cfg: FeedConfig, step: usize) -> Self {
-        let (b, len) = (cfg.batch_size, source.len());
-        let (mut data_epoch, mut cursor) = (0, 0);
+        let mut pos = DataPos::default();
         for _ in 0..step * cfg.grad_accum {
-            if cursor + b > len {
-                data_epoch += 1;
-                cursor = 0;
-            }
-            cursor += b;
+            pos.take(cfg.batch_size, source.len());
         }
-        source.start_epoch(cfg.seed, data_epoch);
+        source.start_epoch(cfg.seed, pos.epoch);
         Self {
             source,
             cfg,
-            data_epoch,
-            cursor,
+            pos,
             steps_done: step,
-            steps_here: 0,
             micro: 0,
         }
     }
 
     fn next_batch(&mut self, device: &Device) -> Result<TrainBatch, crate::TrainError> {
         let b = self.cfg.batch_size;
-        if self.cursor + b > self.source.len() {
-            self.data_epoch += 1;
-            self.cursor = 0;
-            self.source.start_epoch(self.cfg.seed, self.data_epoch);
+        let (start, new_epoch) = self.pos.take(b, self.source.len());
+        if new_epoch {
+            self.source.start_epoch(self.cfg.seed, self.pos.epoch);
         }
         let batch = self.source.batch(
-            self.cursor,
+            start,
             b,
             self.cfg.student_vocab,
             self.cfg.kd.temperature,
             device,
         )?;
-        self.cursor += b;
         self.micro += 1;
         let ends_step = (self.micro % self.cfg.grad_accum == 0).then(|| {
             self.steps_done += 1;
-            self.steps_here += 1;
-            self.steps_here - 1
+            self.micro / self.cfg.grad_accum - 1
         });
         let [rows, t] = batch.inputs.dims();
         Ok(TrainBatch {

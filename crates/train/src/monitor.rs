@@ -177,20 +177,20 @@ impl Metric for StatMetric {
 impl Numeric for StatMetric {
     fn value(&self) -> Option<NumericEntry> {
         Some(NumericEntry::Aggregated {
-            aggregated_value: self.current.0,
+            aggregated_value: self.show(self.current.0),
             count: self.current.1,
         })
     }
 
     fn running_value(&self) -> Option<NumericEntry> {
         (self.count > 0).then(|| NumericEntry::Aggregated {
-            aggregated_value: self.sum / self.count as f64,
+            aggregated_value: self.show(self.sum / self.count as f64),
             count: self.count,
         })
     }
 
     fn final_value(&self) -> NumericEntry {
-        NumericEntry::Final(self.sum / self.count.max(1) as f64)
+        NumericEntry::Final(self.show(self.sum / self.count.max(1) as f64))
     }
 }
 
