@@ -65,6 +65,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let report = evaluate(&model, &data, a.batch_size, a.max_batches, &device);
+    // nothing is written for a NaN model: the run fails instead
+    report.check_finite(&format!(
+        "{} ({} split of {})",
+        a.model.display(),
+        a.split,
+        a.dataset.display()
+    ))?;
     let manifest = DatasetManifest::load(&a.dataset)?;
     let out = a.out.unwrap_or_else(|| a.model.join("eval.json"));
     let json = serde_json::json!({

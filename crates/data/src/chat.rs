@@ -12,10 +12,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::prepare::{eos_id, start_dataset_dir, token_schema, unigram_baseline};
+use crate::prepare::{StagedDataset, eos_id, token_schema, unigram_baseline};
 use crate::{
     DataError, DatasetManifest, PrepareConfig, ShardInfo, Split, TOKENS_FORMAT_VERSION,
-    load_tokenizer, tokenizer_hash, write_atomic, write_ipc_atomic,
+    load_tokenizer, tokenizer_hash, write_ipc_atomic,
 };
 
 /// Label of positions that carry no loss.
@@ -164,7 +164,7 @@ pub fn prepare_chat(cfg: &ChatPrepareConfig) -> Result<DatasetManifest, DataErro
     let tokenizer = load_tokenizer(&cfg.tokenizer)?;
     let info = tokenizer_hash(&tokenizer, &cfg.tokenizer)?;
     let eos = eos_id(&tokenizer, &cfg.tokenizer, cfg.eos_token.as_deref())?;
-    let manifest_path = start_dataset_dir(&cfg.out, &cfg.tokenizer)?;
+    let staged = StagedDataset::start(&cfg.out, &cfg.tokenizer)?;
     let t = cfg.seq_len;
     let mut splits = BTreeMap::new();
     let mut counts = [vec![0u64; info.vocab_size], vec![0u64; info.vocab_size]];
@@ -216,7 +216,7 @@ pub fn prepare_chat(cfg: &ChatPrepareConfig) -> Result<DatasetManifest, DataErro
             label_rows.extend(std::iter::repeat_n(IGNORE_LABEL, pad));
         }
         let file = format!("{}-00000.arrow", split.name());
-        write_chat_shard(&cfg.out.join(&file), t, ids_rows, label_rows, split)?;
+        write_chat_shard(&staged.dir.join(&file), t, ids_rows, label_rows, split)?;
         records[si] = recs.len();
         splits.insert(
             split.name().to_string(),
@@ -259,8 +259,7 @@ pub fn prepare_chat(cfg: &ChatPrepareConfig) -> Result<DatasetManifest, DataErro
             longest_record_tokens: longest,
         }),
     };
-    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-    write_atomic(&manifest_path, json.as_bytes())?;
+    staged.finish(&manifest)?;
     Ok(manifest)
 }
 

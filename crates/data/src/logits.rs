@@ -45,6 +45,11 @@ pub struct LogitsMeta {
     pub split: Split,
     /// `local`, `vllm`, `sglang`, `distillkit`.
     pub source: String,
+    /// Fingerprint of a local teacher's weights (SHA-256 over its safetensors files' names,
+    /// sizes and headers), so that a resumed recording never mixes two versions of a
+    /// teacher; empty when unknown (served teachers, or shards of older Ember versions).
+    #[serde(default)]
+    pub teacher_weights: String,
 }
 
 impl LogitsMeta {
@@ -70,6 +75,7 @@ impl LogitsMeta {
             ("ember.seq_len".into(), self.seq_len.to_string()),
             ("ember.split".into(), self.split.name().into()),
             ("ember.source".into(), self.source.clone()),
+            ("ember.teacher_weights".into(), self.teacher_weights.clone()),
         ])
     }
 
@@ -126,6 +132,7 @@ impl LogitsMeta {
             seq_len: num("ember.seq_len")?,
             split,
             source: get("ember.source")?,
+            teacher_weights: md.get("ember.teacher_weights").cloned().unwrap_or_default(),
         })
     }
 }
@@ -433,6 +440,7 @@ mod tests {
             seq_len: 3,
             split: Split::Train,
             source: "local".into(),
+            teacher_weights: "w".into(),
         };
         let rows: Vec<LogitsRow> = (0..4)
             .map(|r| LogitsRow {

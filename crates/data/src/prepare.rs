@@ -158,7 +158,7 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
     let info = tokenizer_hash(&tokenizer, &cfg.tokenizer)?;
     let eos_token_id = eos_id(&tokenizer, &cfg.tokenizer, cfg.eos_token.as_deref())?;
 
-    let manifest_path = start_dataset_dir(&cfg.out, &cfg.tokenizer)?;
+    let staged = StagedDataset::start(&cfg.out, &cfg.tokenizer)?;
 
     let input_bytes: u64 = files
         .iter()
@@ -171,8 +171,8 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
     bar.set_message("tokenizing");
 
     let mut packers = [
-        Packer::new(Split::Train, cfg, info.vocab_size),
-        Packer::new(Split::Validation, cfg, info.vocab_size),
+        Packer::new(Split::Train, cfg, &staged.dir, info.vocab_size),
+        Packer::new(Split::Validation, cfg, &staged.dir, info.vocab_size),
     ];
     let mut pending: Vec<(Split, String, bool)> = Vec::new();
     let mut pending_bytes = 0usize;
@@ -236,8 +236,7 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
         config: cfg.clone(),
         chat: None,
     };
-    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-    write_atomic(&manifest_path, json.as_bytes())?;
+    staged.finish(&manifest)?;
     Ok(PrepareReport {
         manifest,
         input_bytes,
@@ -245,21 +244,91 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareReport, DataError> {
     })
 }
 
-/// Create the output directory of a dataset, drop any stale manifest (a dataset is only valid
-/// once its manifest exists) and copy the tokenizer in. Returns the manifest path.
-pub(crate) fn start_dataset_dir(out: &Path, tokenizer: &Path) -> Result<PathBuf, DataError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DataError::Io { path, source }
-    };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let manifest_path = out.join(DatasetManifest::FILE);
-    if manifest_path.exists() {
-        std::fs::remove_file(&manifest_path).map_err(io(&manifest_path))?;
+/// A dataset being written: everything goes into a staging directory beside `out`, which
+/// replaces `out` only once the manifest is written, so a failed or killed prepare leaves
+/// the old dataset as it was, and a new one never mixes with the old one's shards.
+pub(crate) struct StagedDataset {
+    /// Where shards go while preparing.
+    pub dir: PathBuf,
+    out: PathBuf,
+    /// Where the old dataset goes during the swap.
+    old: PathBuf,
+    done: bool,
+}
+
+impl StagedDataset {
+    /// Create the staging directory for `out` and copy the tokenizer in.
+    pub fn start(out: &Path, tokenizer: &Path) -> Result<Self, DataError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
+        let name = out
+            .file_name()
+            .ok_or_else(|| {
+                DataError::Config(format!("--out {} has no directory name", out.display()))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        if out.exists() && !out.join(DatasetManifest::FILE).is_file() && !is_empty_dir(out) {
+            return Err(DataError::Config(format!(
+                "--out {} exists and is not a prepared dataset (no {}); refusing to replace it",
+                out.display(),
+                DatasetManifest::FILE
+            )));
+        }
+        let dir = parent.join(format!(".{name}.preparing-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let staged = Self {
+            dir,
+            out: out.to_path_buf(),
+            old: parent.join(format!(".{name}.old-{}", std::process::id())),
+            done: false,
+        };
+        let tok_json = std::fs::read(tokenizer).map_err(io(tokenizer))?;
+        write_atomic(&staged.dir.join("tokenizer.json"), &tok_json)?;
+        Ok(staged)
     }
-    let tok_json = std::fs::read(tokenizer).map_err(io(tokenizer))?;
-    write_atomic(&out.join("tokenizer.json"), &tok_json)?;
-    Ok(manifest_path)
+
+    /// Write the manifest and swap the staged dataset in place of `out`.
+    pub fn finish(mut self, manifest: &DatasetManifest) -> Result<(), DataError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
+        let json = serde_json::to_string_pretty(manifest).expect("manifest serializes");
+        write_atomic(&self.dir.join(DatasetManifest::FILE), json.as_bytes())?;
+        let old = self.old.clone();
+        if self.out.exists() {
+            std::fs::rename(&self.out, &old).map_err(io(&self.out))?;
+        }
+        std::fs::rename(&self.dir, &self.out).map_err(io(&self.out))?;
+        self.done = true;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedDataset {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// Expand directories into their `.txt`/`.jsonl` files, sorted for determinism.
@@ -463,10 +532,10 @@ struct PackedSplit {
 }
 
 impl Packer {
-    fn new(split: Split, cfg: &PrepareConfig, vocab: usize) -> Self {
+    fn new(split: Split, cfg: &PrepareConfig, out: &Path, vocab: usize) -> Self {
         Self {
             split,
-            out: cfg.out.clone(),
+            out: out.to_path_buf(),
             seq_len: cfg.seq_len,
             shard_rows: cfg.shard_rows,
             buffer: Vec::new(),

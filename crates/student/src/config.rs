@@ -70,6 +70,12 @@ impl StudentConfig {
                 self.head_dim
             ));
         }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!(
+                "rms_norm_eps {} must be a positive number",
+                self.rms_norm_eps
+            ));
+        }
         if self.vocab_size == 0
             || self.hidden_size == 0
             || self.num_hidden_layers == 0

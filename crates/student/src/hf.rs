@@ -263,23 +263,162 @@ fn read_f32(
 /// Every tensor is checked: a missing or mis-shaped one is an error naming the key,
 /// and tensors the config does not use are an error too (a sign of the wrong config).
 pub fn load_hf(dir: &Path, device: &Device) -> Result<(Student, StudentConfig), StudentError> {
-    let config = StudentConfig::from_hf_file(&dir.join("config.json"))?;
-    let file = dir.join("model.safetensors");
-    let handle = std::fs::File::open(&file).map_err(|source| StudentError::Io {
-        path: file.clone(),
-        source,
+    let config_path = dir.join("config.json");
+    let config = StudentConfig::from_hf_file(&config_path)?;
+    config.validate().map_err(|message| StudentError::Config {
+        path: config_path.clone(),
+        message,
     })?;
-    // SAFETY: the file is opened read-only and not modified while mapped.
-    let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|source| StudentError::Io {
-        path: file.clone(),
-        source,
-    })?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| StudentError::Safetensors {
+    let index = dir.join("model.safetensors.index.json");
+    let (file, bytes) = if index.is_file() {
+        (index.clone(), Bytes::Owned(merge_shards(dir, &index)?))
+    } else {
+        let file = dir.join("model.safetensors");
+        let handle = std::fs::File::open(&file).map_err(|source| StudentError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        // SAFETY: the file is opened read-only and not modified while mapped.
+        let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|source| StudentError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        (file, Bytes::Mapped(mmap))
+    };
+    let st = SafeTensors::deserialize(bytes.as_ref()).map_err(|e| StudentError::Safetensors {
         path: file.clone(),
         message: e.to_string(),
     })?;
+    check_shapes(&config, &st, &file)?;
     let model = from_safetensors(&config, &st, &file, device)?;
     Ok((model, config))
+}
+
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The shards a `model.safetensors.index.json` names, as one safetensors buffer (students are
+/// small enough to hold twice).
+fn merge_shards(dir: &Path, index: &Path) -> Result<Vec<u8>, StudentError> {
+    let bad = |message: String| StudentError::Safetensors {
+        path: index.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| StudentError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid index: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut buffers = Vec::new();
+    for f in &files {
+        let path = dir.join(f);
+        let bytes = std::fs::read(&path).map_err(|source| StudentError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        buffers.push((path, bytes));
+    }
+    let mut views = Vec::new();
+    for (path, bytes) in &buffers {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| StudentError::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        for (name, view) in st.tensors() {
+            if map.get(&name).and_then(|v| v.as_str()) != path.file_name().and_then(|n| n.to_str())
+            {
+                return Err(bad(format!(
+                    "{} holds {name}, which the index places elsewhere",
+                    path.display()
+                )));
+            }
+            views.push((name, view));
+        }
+    }
+    if let Some(missing) = map.keys().find(|k| !views.iter().any(|(n, _)| n == *k)) {
+        return Err(bad(format!(
+            "{missing} is listed in the index but in no shard"
+        )));
+    }
+    safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))
+}
+
+/// Every tensor the config needs, present with the right shape, checked from the header
+/// before anything is allocated (a config claiming 10^9 layers fails on the first missing one).
+fn check_shapes(
+    config: &StudentConfig,
+    st: &SafeTensors<'_>,
+    file: &Path,
+) -> Result<(), StudentError> {
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let mut want: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    if !config.tie_word_embeddings {
+        want.push(("lm_head.weight".into(), vec![v, h]));
+    }
+    for l in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (key, shape) in [
+            ("self_attn.q_proj.weight", vec![q, h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.o_proj.weight", vec![h, q]),
+            ("mlp.gate_proj.weight", vec![i, h]),
+            ("mlp.up_proj.weight", vec![i, h]),
+            ("mlp.down_proj.weight", vec![h, i]),
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+        ] {
+            want.push((format!("{p}.{key}"), shape));
+        }
+        // fail on the first missing layer, before building the list for the rest
+        for (key, expected) in want.drain(..) {
+            match st.tensor(&key) {
+                Err(_) => {
+                    return Err(StudentError::MissingTensor {
+                        path: file.to_path_buf(),
+                        key,
+                        expected,
+                    });
+                }
+                Ok(t) if t.shape() != expected.as_slice() => {
+                    return Err(StudentError::ShapeMismatch {
+                        path: file.to_path_buf(),
+                        key,
+                        expected,
+                        found: t.shape().to_vec(),
+                    });
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Build the student of `config` from the tensors of `st` (HF keys); `file` names the source in errors.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::TeacherError;
+use crate::rope::{Rope, rope_settings};
 
 /// Architectures Ember can run as teachers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,17 +22,29 @@ pub enum Arch {
     Qwen3Moe,
     Mixtral,
     DeepseekV3,
+    /// Moonshot Kimi K2: the DeepSeek-V3 architecture under its own `model_type`.
+    KimiK2,
+    Glm4Moe,
+    MiniMaxM2,
 }
 
 impl Arch {
-    pub const SUPPORTED: [&'static str; 6] = [
+    pub const SUPPORTED: [&'static str; 9] = [
         "llama",
         "qwen2",
         "qwen3",
         "qwen3_moe",
         "mixtral",
         "deepseek_v3",
+        "kimi_k2",
+        "glm4_moe",
+        "minimax_m2",
     ];
+
+    /// Multi-head latent attention (DeepSeek-V3 and Kimi K2).
+    pub fn is_mla(self) -> bool {
+        matches!(self, Arch::DeepseekV3 | Arch::KimiK2)
+    }
 
     fn from_model_type(t: &str) -> Option<Self> {
         Some(match t {
@@ -41,6 +54,9 @@ impl Arch {
             "qwen3_moe" => Arch::Qwen3Moe,
             "mixtral" => Arch::Mixtral,
             "deepseek_v3" => Arch::DeepseekV3,
+            "kimi_k2" => Arch::KimiK2,
+            "glm4_moe" => Arch::Glm4Moe,
+            "minimax_m2" => Arch::MiniMaxM2,
             _ => return None,
         })
     }
@@ -61,8 +77,9 @@ pub struct HfConfig {
     pub num_key_value_heads: Option<usize>,
     #[serde(default)]
     pub head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
+    /// Default per architecture (transformers' config defaults): see [`HfConfig::rms_norm_eps`].
+    #[serde(default, rename = "rms_norm_eps")]
+    pub rms_norm_eps_raw: Option<f64>,
     #[serde(default)]
     pub rope_theta: Option<f64>,
     #[serde(default)]
@@ -85,6 +102,22 @@ pub struct HfConfig {
     pub use_sliding_window: Option<bool>,
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    /// MiniMax-M2's spelling of partial RoPE (rotated dims per head).
+    #[serde(default)]
+    pub rotary_dim: Option<usize>,
+    #[serde(default)]
+    pub mlp_bias: Option<bool>,
+    /// GLM-4.5: per-head RMSNorm on queries and keys.
+    #[serde(default)]
+    pub use_qk_norm: Option<bool>,
+    #[serde(default)]
+    pub quantization_config: Option<serde_json::Value>,
 
     // Mixture of experts (Qwen3-MoE, Mixtral, DeepSeek-V3)
     #[serde(default)]
@@ -132,6 +165,9 @@ pub struct HfConfig {
     #[serde(default)]
     pub rope_interleave: Option<bool>,
 
+    /// The whole config.json, to tell an absent key from an explicit `null`.
+    #[serde(skip)]
+    pub raw: serde_json::Map<String, serde_json::Value>,
     /// Which architecture (from `model_type`).
     #[serde(skip, default = "default_arch")]
     pub arch: Arch,
@@ -140,9 +176,6 @@ pub struct HfConfig {
     pub sha256: String,
 }
 
-fn default_eps() -> f64 {
-    1e-6
-}
 fn default_arch() -> Arch {
     Arch::Llama
 }
@@ -154,8 +187,13 @@ impl HfConfig {
             path: path.into(),
             source,
         })?;
+        Self::from_slice(&bytes, path)
+    }
+
+    /// Parse and check config.json bytes (`path` names the file in errors).
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, TeacherError> {
         let mut cfg: HfConfig =
-            serde_json::from_slice(&bytes).map_err(|source| TeacherError::ConfigJson {
+            serde_json::from_slice(bytes).map_err(|source| TeacherError::ConfigJson {
                 path: path.into(),
                 source,
             })?;
@@ -170,31 +208,155 @@ impl HfConfig {
                 Arch::SUPPORTED
             ))
         })?;
-        cfg.sha256 = format!("{:x}", Sha256::digest(&bytes));
-        if cfg.num_attention_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads() != 0
-        {
-            return Err(err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                cfg.num_attention_heads,
-                cfg.num_key_value_heads()
-            )));
+        cfg.raw = serde_json::from_slice(bytes).map_err(|source| TeacherError::ConfigJson {
+            path: path.into(),
+            source,
+        })?;
+        cfg.sha256 = format!("{:x}", Sha256::digest(bytes));
+        cfg.check_fields().map_err(err)?;
+        Ok(cfg)
+    }
+
+    /// Every config field that changes the math of this architecture (as transformers'
+    /// modeling code reads it) is either implemented or refused here, naming the field.
+    fn check_fields(&self) -> Result<(), String> {
+        let arch = self.arch;
+        if self.num_attention_heads == 0 {
+            return Err("num_attention_heads is 0".into());
         }
-        if let Some(act) = &cfg.hidden_act
+        // MLA expands keys/values to every head itself; num_key_value_heads is not used
+        if !arch.is_mla()
+            && !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads())
+        {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_key_value_heads()
+            ));
+        }
+        let eps = self.rms_norm_eps();
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(format!("rms_norm_eps {eps} must be a positive number"));
+        }
+        if let Some(act) = &self.hidden_act
             && act != "silu"
         {
-            return Err(err(format!(
-                "hidden_act {act:?} unsupported (only silu/SwiGLU)"
-            )));
+            return Err(format!("hidden_act {act:?} unsupported (only silu/SwiGLU)"));
         }
-        if let Some(scaling) = cfg.rope_scaling_params()
+        if self.mlp_bias == Some(true) {
+            return Err("mlp_bias true is not supported (bias on the MLP projections)".into());
+        }
+        // partial rotation: only GLM-4.5 and MiniMax-M2 rotate part of each head in transformers
+        let partial = self.partial_rotary_factor.or_else(|| {
+            self.rope_parameters
+                .as_ref()?
+                .get("partial_rotary_factor")?
+                .as_f64()
+        });
+        if !matches!(arch, Arch::Glm4Moe | Arch::MiniMaxM2) {
+            if let Some(p) = partial.filter(|p| *p != 1.0) {
+                return Err(format!(
+                    "partial_rotary_factor {p} is not used by transformers' {} model; refusing it rather than ignoring it",
+                    self.model_type
+                ));
+            }
+            if let Some(r) = self.rotary_dim {
+                return Err(format!("rotary_dim {r} is only read for minimax_m2"));
+            }
+        }
+        self.rope()?;
+        self.quantization()?;
+        // router and layer-layout settings transformers does not read, whose other values
+        // would mean another model
+        let refuse_unless = |k: &str, allowed: &[&str]| -> Result<(), String> {
+            match self.raw.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(()),
+                Some(v) if v.as_str().is_some_and(|s| allowed.contains(&s)) => Ok(()),
+                Some(v) => Err(format!(
+                    "{k} {v} is not supported by {} (supported: {allowed:?})",
+                    self.model_type
+                )),
+            }
+        };
+        let refuse_num_unless = |k: &str, allowed: f64| -> Result<(), String> {
+            match self.raw.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(()),
+                Some(v) if v.as_f64() == Some(allowed) => Ok(()),
+                Some(v) => Err(format!(
+                    "{k} {v} is not supported by {} (only {allowed})",
+                    self.model_type
+                )),
+            }
+        };
+        match arch {
+            Arch::DeepseekV3 | Arch::KimiK2 => {
+                refuse_unless("scoring_func", &["sigmoid"])?;
+                refuse_unless("topk_method", &["noaux_tc"])?;
+                refuse_num_unless("moe_layer_freq", 1.0)?;
+            }
+            Arch::Glm4Moe => {
+                refuse_unless("scoring_func", &["sigmoid"])?;
+                refuse_unless("topk_method", &["noaux_tc"])?;
+            }
+            Arch::MiniMaxM2 => {
+                refuse_unless("scoring_func", &["sigmoid"])?;
+                refuse_unless("qk_norm_type", &["per_layer"])?;
+                if self.raw.get("use_qk_norm").and_then(|v| v.as_bool()) == Some(false) {
+                    return Err("use_qk_norm false is not supported by minimax_m2".into());
+                }
+                if self.raw.get("use_routing_bias").and_then(|v| v.as_bool()) == Some(false) {
+                    return Err("use_routing_bias false is not supported by minimax_m2".into());
+                }
+                refuse_num_unless("shared_intermediate_size", 0.0)?;
+                if let Some(list) = self.raw.get("attn_type_list").and_then(|v| v.as_array())
+                    && list.iter().any(|v| v.as_i64() != Some(1))
+                {
+                    return Err(format!(
+                        "attn_type_list {} has linear-attention layers (0), which minimax_m2 does not have",
+                        self.raw["attn_type_list"]
+                    ));
+                }
+            }
+            Arch::Qwen2 | Arch::Qwen3 => {
+                if let Some(types) = &self.layer_types {
+                    if types.len() != self.num_hidden_layers {
+                        return Err(format!(
+                            "layer_types has {} entries for {} layers",
+                            types.len(),
+                            self.num_hidden_layers
+                        ));
+                    }
+                    if let Some(t) = types
+                        .iter()
+                        .find(|t| !matches!(t.as_str(), "full_attention" | "sliding_attention"))
+                    {
+                        return Err(format!("layer_types entry {t:?} is not supported"));
+                    }
+                }
+            }
+            _ => {}
+        }
+        // GLM-4.5 reads it; Qwen3 and MiniMax-M2 always normalise; on the others it would be
+        // silently ignored
+        if self.use_qk_norm == Some(true)
             && !matches!(
-                scaling.get("rope_type").and_then(|t| t.as_str()),
-                None | Some("default")
+                arch,
+                Arch::Glm4Moe | Arch::MiniMaxM2 | Arch::Qwen3 | Arch::Qwen3Moe
             )
         {
-            return Err(err(format!("rope scaling {scaling} is not supported yet")));
+            return Err(format!(
+                "use_qk_norm true is not read by transformers' {} model; refusing it rather than ignoring it",
+                self.model_type
+            ));
         }
-        Ok(cfg)
+        Ok(())
+    }
+
+    /// Whether `key` is present in config.json (even as `null`).
+    pub fn has(&self, key: &str) -> bool {
+        self.raw.contains_key(key)
     }
 
     pub fn num_key_value_heads(&self) -> usize {
@@ -206,19 +368,88 @@ impl HfConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
-    /// `rope_theta`, or `rope_parameters.rope_theta` (transformers 5), default 10000.
+    /// `rms_norm_eps`, defaulting as transformers' config class of this architecture does.
+    pub fn rms_norm_eps(&self) -> f64 {
+        self.rms_norm_eps_raw.unwrap_or(match self.arch {
+            Arch::Mixtral | Arch::Glm4Moe => 1e-5,
+            _ => 1e-6,
+        })
+    }
+
+    /// `rope_theta`, or `rope_parameters.rope_theta` (transformers 5), else the
+    /// architecture's default.
     pub fn rope_theta(&self) -> f64 {
         self.rope_theta
             .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
-            .unwrap_or(10000.0)
+            .unwrap_or(match self.arch {
+                Arch::Mixtral => 1e6,
+                Arch::MiniMaxM2 => 5e6,
+                _ => 10000.0,
+            })
     }
 
-    /// RoPE scaling settings from either spelling, if any (`null` counts as none).
-    fn rope_scaling_params(&self) -> Option<&serde_json::Value> {
-        self.rope_scaling
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .or(self.rope_parameters.as_ref())
+    /// The RoPE of this model: settings from either spelling, rotary width from
+    /// `partial_rotary_factor` / `rotary_dim` (GLM-4.5 defaults to half the head).
+    pub fn rope(&self) -> Result<Rope, String> {
+        let mut partial = self.partial_rotary_factor;
+        if let (Some(r), Arch::MiniMaxM2) = (self.rotary_dim, self.arch) {
+            partial = partial.or(Some(r as f64 / self.head_dim() as f64));
+        }
+        if self.arch == Arch::Glm4Moe {
+            partial = partial.or(Some(0.5));
+        }
+        let map = rope_settings(
+            self.rope_scaling.as_ref(),
+            self.rope_parameters.as_ref(),
+            Some(self.rope_theta()),
+            partial,
+        )?;
+        let head_dim = match self.arch {
+            Arch::DeepseekV3 | Arch::KimiK2 => self.qk_rope_head_dim.unwrap_or(64),
+            _ => self.head_dim(),
+        };
+        Rope::from_settings(&map, head_dim, self.max_position_embeddings)
+    }
+
+    /// Block-quantized weights, from `quantization_config`; other methods are refused.
+    pub fn quantization(&self) -> Result<Option<Fp8Blocks>, String> {
+        let Some(q) = self.quantization_config.as_ref().filter(|q| !q.is_null()) else {
+            return Ok(None);
+        };
+        let method = q.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+        if method != "fp8" {
+            return Err(format!(
+                "quantization_config.quant_method {method:?} is not supported (only \"fp8\" block-quantized weights; dequantize other formats first)"
+            ));
+        }
+        if let Some(fmt) = q.get("fmt").and_then(|f| f.as_str())
+            && fmt != "e4m3"
+        {
+            return Err(format!(
+                "quantization_config.fmt {fmt:?} is not supported (only \"e4m3\")"
+            ));
+        }
+        if let Some(a) = q.get("activation_scheme").and_then(|f| f.as_str())
+            && a != "dynamic"
+        {
+            return Err(format!(
+                "quantization_config.activation_scheme {a:?} is not supported (only \"dynamic\")"
+            ));
+        }
+        let block = q
+            .get("weight_block_size")
+            .and_then(|b| b.as_array())
+            .filter(|b| b.len() == 2)
+            .and_then(|b| Some([b[0].as_u64()? as usize, b[1].as_u64()? as usize]))
+            .filter(|b| b[0] > 0 && b[1] > 0)
+            .ok_or_else(|| {
+                format!(
+                    "quantization_config.weight_block_size {} must be two positive integers",
+                    q.get("weight_block_size")
+                        .unwrap_or(&serde_json::Value::Null)
+                )
+            })?;
+        Ok(Some(Fp8Blocks { block }))
     }
 
     /// `torch_dtype` or `dtype`.
@@ -239,4 +470,33 @@ impl HfConfig {
             TeacherError::Invalid(format!("{} config lacks {name}", self.model_type))
         })
     }
+
+    /// Sliding window of layer `i` as transformers applies it, if any.
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match self.arch {
+            // Qwen2/Qwen3: only with use_sliding_window, on the layers layer_types (or
+            // max_window_layers, default 28) mark as sliding
+            Arch::Qwen2 | Arch::Qwen3 => {
+                let w = self
+                    .sliding_window
+                    .filter(|_| self.use_sliding_window == Some(true))?;
+                let sliding = match &self.layer_types {
+                    Some(types) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+                    None => i >= self.max_window_layers.unwrap_or(28),
+                };
+                sliding.then_some(w)
+            }
+            Arch::Qwen3Moe => self
+                .sliding_window
+                .filter(|_| self.use_sliding_window == Some(true)),
+            Arch::Mixtral => self.sliding_window,
+            _ => None,
+        }
+    }
+}
+
+/// FP8 (e4m3) weights with one float32 `weight_scale_inv` per `block` (`[rows, cols]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8Blocks {
+    pub block: [usize; 2],
 }

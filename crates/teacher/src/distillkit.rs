@@ -312,6 +312,7 @@ pub fn import_distillkit(cfg: &ImportConfig) -> Result<LogitsManifest, TeacherEr
         seq_len: cfg.seq_len,
         split: Split::Train,
         source: "distillkit".into(),
+        teacher_weights: String::new(),
     };
     let (t, lp_bytes, id_bytes) = (
         cfg.seq_len,

@@ -37,7 +37,9 @@ pub enum TeacherError {
         found: Vec<usize>,
     },
 
-    #[error("{path}: tensor {key} has dtype {dtype}; supported: F32, F16, BF16")]
+    #[error(
+        "{path}: tensor {key} has dtype {dtype}; supported: F32, F16, BF16, F8_E4M3 (with weight_scale_inv)"
+    )]
     Dtype {
         path: PathBuf,
         key: String,
@@ -62,4 +64,14 @@ pub enum TeacherError {
 
     #[error("{0}")]
     Invalid(String),
+
+    #[error(
+        "teacher {teacher} gave a non-finite log-probability ({value}) at dataset row {row}, position {position}; its weights or inputs hold NaN/infinite values, nothing was written for this shard"
+    )]
+    NonFinite {
+        teacher: String,
+        row: usize,
+        position: usize,
+        value: f32,
+    },
 }

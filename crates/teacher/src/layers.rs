@@ -80,30 +80,15 @@ impl RmsNorm {
     }
 }
 
-/// cos/sin tables `[t, dim]` for positions `0..t`, HF layout (frequencies repeated over both halves).
-pub fn rope_tables(t: usize, dim: usize, theta: f64, device: &Device) -> (Tensor<2>, Tensor<2>) {
-    let half = dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf((2 * i) as f64 / dim as f64)) as f32)
-        .collect();
-    let mut cos = Vec::with_capacity(t * dim);
-    let mut sin = Vec::with_capacity(t * dim);
-    for p in 0..t {
-        let angles: Vec<f32> = inv_freq.iter().map(|f| f * p as f32).collect();
-        for _ in 0..2 {
-            cos.extend(angles.iter().map(|a| a.cos()));
-            sin.extend(angles.iter().map(|a| a.sin()));
-        }
-    }
-    (
-        Tensor::from_data(TensorData::new(cos, [t, dim]), device),
-        Tensor::from_data(TensorData::new(sin, [t, dim]), device),
-    )
-}
-
-/// HF `apply_rotary_pos_emb` on `x: [b, h, t, d]`: `x * cos + rotate_half(x) * sin`.
+/// HF `apply_rotary_pos_emb` on `x: [b, h, t, d]`: `x * cos + rotate_half(x) * sin` on the
+/// first `r` dims (`cos`/`sin` are `[t, r]`), the rest passed through (partial RoPE).
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
     let d = x.dims()[3];
+    let r = cos.dims()[1];
+    if r < d {
+        let pass = x.clone().narrow(3, r, d - r);
+        return Tensor::cat(vec![apply_rope(x.narrow(3, 0, r), cos, sin), pass], 3);
+    }
     let x1 = x.clone().narrow(3, 0, d / 2);
     let x2 = x.clone().narrow(3, d / 2, d / 2);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);

@@ -1,14 +1,16 @@
 //! Ember's teacher runner: open-weight HF checkpoints (Llama, Qwen2, Qwen3, Qwen3-MoE,
-//! Mixtral, DeepSeek-V3) run in Burn, every position's logits, and top-k recording to
+//! Mixtral, DeepSeek-V3, Kimi K2, GLM-4.5, MiniMax-M2; bf16/f16/f32 or FP8 blocks) run in Burn, every position's logits, and top-k recording to
 //! the Arrow logits format of `ember_data`.
 
 mod config;
 mod deepseek_v3;
 mod distillkit;
 mod error;
+mod glm4_moe;
 mod layers;
 mod llama;
 mod load;
+mod minimax_m2;
 mod mixtral;
 mod model;
 mod qwen2;
@@ -16,9 +18,10 @@ mod qwen3;
 mod qwen3_moe;
 mod record;
 mod remote;
+mod rope;
 mod weights;
 
-pub use config::{Arch, HfConfig};
+pub use config::{Arch, Fp8Blocks, HfConfig};
 pub use distillkit::{CompressionConfig, ImportConfig, import_distillkit, unpack_bits};
 pub use error::TeacherError;
 pub use load::load_teacher;
@@ -27,4 +30,5 @@ pub use record::{
     LocalTeacher, LogitSource, RecordConfig, TopK, check_vocab, record, topk_logprobs,
 };
 pub use remote::{Protocol, RemoteTeacher};
-pub use weights::Weights;
+pub use rope::{Rope, RopeScaling};
+pub use weights::{Weights, f8_e4m3_to_f32};

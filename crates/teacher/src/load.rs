@@ -5,18 +5,26 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::layers::Mlp;
 use crate::layers::{Linear, RmsNorm};
-use crate::model::{Attention, Layer, StandardAttention, Teacher};
+use crate::model::{Attention, Layer, MoeBlock, Router, StandardAttention, Teacher};
 use crate::{
-    Arch, HfConfig, TeacherError, Weights, deepseek_v3, llama, mixtral, qwen2, qwen3, qwen3_moe,
+    Arch, HfConfig, TeacherError, Weights, deepseek_v3, glm4_moe, llama, minimax_m2, mixtral,
+    qwen2, qwen3, qwen3_moe,
 };
 
 /// Load the teacher at `dir` (`config.json` + safetensors) onto `device`, computing in `dtype`
 /// (`DType::F32`, or `DType::BF16` to halve memory). Every tensor the architecture needs must be
 /// present with the right shape, and every tensor present must be used.
 pub fn load_teacher(dir: &Path, device: &Device, dtype: DType) -> Result<Teacher, TeacherError> {
-    let config = HfConfig::load(&dir.join("config.json"))?;
-    let w = Weights::open(dir, device, dtype)?;
+    let config_path = dir.join("config.json");
+    let config = HfConfig::load(&config_path)?;
+    let config_err = |message: String| TeacherError::Config {
+        path: config_path.clone(),
+        message,
+    };
+    let rope = config.rope().map_err(config_err)?;
+    let w = Weights::open(dir, device, dtype)?.with_fp8(config.quantization().map_err(config_err)?);
     let (v, h) = (config.vocab_size, config.hidden_size);
     let embed_tokens = w.get("model.embed_tokens.weight", [v, h])?;
     let layers = (0..config.num_hidden_layers)
@@ -26,19 +34,21 @@ pub fn load_teacher(dir: &Path, device: &Device, dtype: DType) -> Result<Teacher
             Arch::Qwen3 => qwen3::layer(&config, &w, i),
             Arch::Qwen3Moe => qwen3_moe::layer(&config, &w, i),
             Arch::Mixtral => mixtral::layer(&config, &w, i),
-            Arch::DeepseekV3 => deepseek_v3::layer(&config, &w, i),
+            Arch::DeepseekV3 | Arch::KimiK2 => deepseek_v3::layer(&config, &w, i),
+            Arch::Glm4Moe => glm4_moe::layer(&config, &w, i),
+            Arch::MiniMaxM2 => minimax_m2::layer(&config, &w, i),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let norm = RmsNorm::load(&w, "model.norm.weight", h, config.rms_norm_eps)?;
+    let norm = RmsNorm::load(&w, "model.norm.weight", h, config.rms_norm_eps())?;
     let lm_head = if config.tie_word_embeddings && !w.contains("lm_head.weight") {
         embed_tokens.clone().transpose()
     } else {
         w.get("lm_head.weight", [v, h])?.transpose()
     };
-    // Derived buffers, and DeepSeek's multi-token-prediction layers (indices past
-    // num_hidden_layers), which next-token logits do not use.
+    // Derived buffers, and the multi-token-prediction layers of DeepSeek-V3, Kimi K2 and
+    // GLM-4.5 (indices past num_hidden_layers), which next-token logits do not use.
     let is_mtp = |k: &str| {
-        config.arch == Arch::DeepseekV3
+        (config.arch.is_mla() || config.arch == Arch::Glm4Moe)
             && k.strip_prefix("model.layers.")
                 .and_then(|r| r.split('.').next())
                 .and_then(|n| n.parse::<usize>().ok())
@@ -65,6 +75,7 @@ pub fn load_teacher(dir: &Path, device: &Device, dtype: DType) -> Result<Teacher
         layers,
         norm,
         lm_head,
+        rope,
     })
 }
 
@@ -77,7 +88,7 @@ pub(crate) fn layer_with(
     ffn: crate::model::FeedForward,
 ) -> Result<Layer, TeacherError> {
     let p = format!("model.layers.{i}");
-    let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+    let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps());
     Ok(Layer {
         input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
         attn,
@@ -91,14 +102,24 @@ pub(crate) fn layer_with(
     })
 }
 
-/// Standard GQA attention at `model.layers.{i}.self_attn`.
+/// Where a standard attention normalises queries and keys (RMSNorm before RoPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QkNorm {
+    None,
+    /// `q_norm`/`k_norm` of `head_dim` weights, applied per head (Qwen3, GLM-4.5).
+    PerHead,
+    /// Over the whole projection, `heads * head_dim` weights (MiniMax-M2).
+    OverHeads,
+}
+
+/// Standard GQA attention at `model.layers.{i}.self_attn`, with layer `i`'s sliding window.
 pub(crate) fn standard_attention(
     cfg: &HfConfig,
     w: &Weights,
     i: usize,
     qkv_bias: bool,
     o_bias: bool,
-    qk_norm: bool,
+    qk_norm: QkNorm,
 ) -> Result<Attention, TeacherError> {
     let p = format!("model.layers.{i}.self_attn");
     let (h, nh, nkv, hd) = (
@@ -107,22 +128,100 @@ pub(crate) fn standard_attention(
         cfg.num_key_value_heads(),
         cfg.head_dim(),
     );
-    let norm = |name: &str| RmsNorm::load(w, &format!("{p}.{name}.weight"), hd, cfg.rms_norm_eps);
+    let norm = |name: &str, heads: usize| {
+        let dim = if qk_norm == QkNorm::OverHeads {
+            heads * hd
+        } else {
+            hd
+        };
+        RmsNorm::load(w, &format!("{p}.{name}.weight"), dim, cfg.rms_norm_eps())
+    };
+    let with_norm = qk_norm != QkNorm::None;
     Ok(Attention::Standard(StandardAttention {
         q_proj: Linear::load(w, &format!("{p}.q_proj"), h, nh * hd, qkv_bias)?,
         k_proj: Linear::load(w, &format!("{p}.k_proj"), h, nkv * hd, qkv_bias)?,
         v_proj: Linear::load(w, &format!("{p}.v_proj"), h, nkv * hd, qkv_bias)?,
         o_proj: Linear::load(w, &format!("{p}.o_proj"), nh * hd, h, o_bias)?,
-        q_norm: if qk_norm { Some(norm("q_norm")?) } else { None },
-        k_norm: if qk_norm { Some(norm("k_norm")?) } else { None },
+        q_norm: if with_norm {
+            Some(norm("q_norm", nh)?)
+        } else {
+            None
+        },
+        k_norm: if with_norm {
+            Some(norm("k_norm", nkv)?)
+        } else {
+            None
+        },
+        qk_norm_over_heads: qk_norm == QkNorm::OverHeads,
         num_heads: nh,
         num_kv_heads: nkv,
         head_dim: hd,
-        rope_theta: cfg.rope_theta(),
-        sliding_window: if cfg.use_sliding_window == Some(false) {
-            None
-        } else {
-            cfg.sliding_window
-        },
+        sliding_window: cfg.layer_window(i),
     }))
+}
+
+/// Defaults of the DeepSeek-style router fields, per architecture (transformers' config classes).
+pub(crate) struct MoeDefaults {
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub routed_scaling_factor: f64,
+    pub first_k_dense_replace: usize,
+    pub n_shared_experts: usize,
+}
+
+/// DeepSeek-style MoE at `prefix` (`gate`, `gate.e_score_correction_bias`, `experts.E`,
+/// `shared_experts`): sigmoid scores, correction bias for the choice, group-limited top-k,
+/// weights renormalised if `norm_topk_prob` and scaled by `routed_scaling_factor`.
+pub(crate) fn sigmoid_moe(
+    cfg: &HfConfig,
+    w: &Weights,
+    prefix: &str,
+    defaults: &MoeDefaults,
+) -> Result<MoeBlock, TeacherError> {
+    let h = cfg.hidden_size;
+    let n = cfg.need(cfg.num_experts(), "n_routed_experts")?;
+    let inter = cfg.need(cfg.moe_intermediate_size, "moe_intermediate_size")?;
+    let n_group = cfg.n_group.unwrap_or(defaults.n_group);
+    let topk_group = cfg.topk_group.unwrap_or(defaults.topk_group);
+    let top_k = cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?;
+    if n_group == 0 || n % n_group != 0 {
+        return Err(TeacherError::Invalid(format!(
+            "{}: n_routed_experts {n} is not divisible by n_group {n_group}",
+            cfg.model_type
+        )));
+    }
+    if topk_group == 0 || topk_group > n_group || top_k > topk_group * (n / n_group) {
+        return Err(TeacherError::Invalid(format!(
+            "{}: num_experts_per_tok {top_k} cannot be chosen from topk_group {topk_group} of n_group {n_group} groups of {} experts",
+            cfg.model_type,
+            n / n_group
+        )));
+    }
+    let shared = cfg.n_shared_experts.unwrap_or(defaults.n_shared_experts);
+    Ok(MoeBlock {
+        gate: Linear::load(w, &format!("{prefix}.gate"), h, n, false)?,
+        experts: (0..n)
+            .map(|e| Mlp::load(w, &format!("{prefix}.experts.{e}"), h, inter))
+            .collect::<Result<_, _>>()?,
+        shared_experts: if shared > 0 {
+            Some(Mlp::load(
+                w,
+                &format!("{prefix}.shared_experts"),
+                h,
+                inter * shared,
+            )?)
+        } else {
+            None
+        },
+        top_k,
+        router: Router::SigmoidGrouped {
+            bias: w.read(&format!("{prefix}.gate.e_score_correction_bias"), &[n])?,
+            n_group,
+            topk_group,
+            norm_topk_prob: cfg.norm_topk_prob.unwrap_or(true),
+            scale: cfg
+                .routed_scaling_factor
+                .unwrap_or(defaults.routed_scaling_factor) as f32,
+        },
+    })
 }

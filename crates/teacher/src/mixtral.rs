@@ -4,12 +4,12 @@
 //! Reference: transformers `models/mixtral/modeling_mixtral.py`.
 
 use crate::layers::{Linear, Mlp};
-use crate::load::{layer_with, standard_attention};
+use crate::load::{QkNorm, layer_with, standard_attention};
 use crate::model::{FeedForward, Layer, MoeBlock, Router};
 use crate::{HfConfig, TeacherError, Weights};
 
 pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, TeacherError> {
-    let attn = standard_attention(cfg, w, i, false, false, false)?;
+    let attn = standard_attention(cfg, w, i, false, false, QkNorm::None)?;
     let p = format!("model.layers.{i}.block_sparse_moe");
     let (h, inter) = (
         cfg.hidden_size,

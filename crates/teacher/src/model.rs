@@ -10,8 +10,9 @@ use burn::tensor::activation::{sigmoid, softmax};
 
 use crate::layers::{
     Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, causal_attention,
-    dispatch_experts, repeat_kv, rope_tables, to_rows, topk_indices,
+    dispatch_experts, repeat_kv, to_rows, topk_indices,
 };
+use crate::rope::Rope;
 use crate::{Arch, HfConfig};
 
 /// A loaded teacher.
@@ -22,6 +23,8 @@ pub struct Teacher {
     pub norm: RmsNorm,
     /// `[hidden, vocab]`; the transposed embedding when tied.
     pub lm_head: Tensor<2>,
+    /// Rotary embedding shared by every layer.
+    pub rope: Rope,
 }
 
 pub struct Layer {
@@ -36,7 +39,8 @@ pub enum Attention {
     Latent(LatentAttention),
 }
 
-/// GQA attention; `bias` on q/k/v (Qwen2), per-head RMSNorm on q and k before RoPE (Qwen3).
+/// GQA attention; `bias` on q/k/v (Qwen2), RMSNorm on q and k before RoPE, per head
+/// (Qwen3, GLM-4.5) or over the whole projection (MiniMax-M2).
 pub struct StandardAttention {
     pub q_proj: Linear,
     pub k_proj: Linear,
@@ -44,10 +48,11 @@ pub struct StandardAttention {
     pub o_proj: Linear,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
+    /// q/k norms over all heads at once (`[heads * head_dim]` weights) rather than per head.
+    pub qk_norm_over_heads: bool,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    pub rope_theta: f64,
     /// Attend to at most this many most recent keys (Mixtral/Mistral style).
     pub sliding_window: Option<usize>,
 }
@@ -66,7 +71,6 @@ pub struct LatentAttention {
     pub qk_rope_head_dim: usize,
     pub v_head_dim: usize,
     pub kv_lora_rank: usize,
-    pub rope_theta: f64,
     pub rope_interleave: bool,
     pub softmax_scale: f64,
 }
@@ -126,15 +130,13 @@ impl Teacher {
             .reshape([b, t, d]);
         let device = x.device();
         let dtype = x.dtype();
-        let rope = self.layers.first().map(|l| {
-            let (cos, sin) = l.attn.rope_tables(t, &device);
+        let rope = {
+            let (cos, sin) = self.rope.tables(t, &device);
             (cos.cast(dtype), sin.cast(dtype))
-        });
+        };
         for layer in &self.layers {
             let h = layer.input_layernorm.forward(x.clone());
-            x = x + layer
-                .attn
-                .forward(h, rope.as_ref().expect("at least one layer"), pad);
+            x = x + layer.attn.forward(h, &rope, pad);
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.ffn.forward(h);
         }
@@ -146,13 +148,6 @@ impl Teacher {
 }
 
 impl Attention {
-    fn rope_tables(&self, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        match self {
-            Attention::Standard(a) => rope_tables(t, a.head_dim, a.rope_theta, device),
-            Attention::Latent(a) => rope_tables(t, a.qk_rope_head_dim, a.rope_theta, device),
-        }
-    }
-
     fn forward(
         &self,
         x: Tensor<3>,
@@ -175,11 +170,12 @@ impl StandardAttention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let over_heads = self.qk_norm_over_heads;
         let heads = |y: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
-            let y = y.reshape([b, t, n, hd]);
             let y = match norm {
-                Some(norm) => norm.forward(y),
-                None => y,
+                Some(norm) if over_heads => norm.forward(y).reshape([b, t, n, hd]),
+                Some(norm) => norm.forward(y.reshape([b, t, n, hd])),
+                None => y.reshape([b, t, n, hd]),
             };
             y.swap_dims(1, 2)
         };

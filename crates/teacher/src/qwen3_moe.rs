@@ -4,7 +4,7 @@
 //! Reference: transformers `models/qwen3_moe/modeling_qwen3_moe.py`.
 
 use crate::layers::{Linear, Mlp};
-use crate::load::{layer_with, standard_attention};
+use crate::load::{QkNorm, layer_with, standard_attention};
 use crate::model::{FeedForward, Layer, MoeBlock, Router};
 use crate::{HfConfig, TeacherError, Weights};
 
@@ -15,7 +15,7 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
         i,
         cfg.attention_bias.unwrap_or(false),
         cfg.attention_bias.unwrap_or(false),
-        true,
+        QkNorm::PerHead,
     )?;
     let p = format!("model.layers.{i}.mlp");
     let h = cfg.hidden_size;

@@ -36,6 +36,10 @@ pub trait LogitSource {
     fn tokenizer_sha256(&self) -> Option<String>;
     /// `local`, `vllm`, `sglang`.
     fn source(&self) -> &'static str;
+    /// Fingerprint of the weights (see `LogitsMeta::teacher_weights`); empty if unknown.
+    fn weights_fingerprint(&self) -> Result<String, TeacherError> {
+        Ok(String::new())
+    }
     fn topk(&mut self, rows: &[&[i32]], k: usize, temperature: f32) -> Result<TopK, TeacherError>;
 }
 
@@ -79,6 +83,9 @@ impl LogitSource for LocalTeacher {
     }
     fn source(&self) -> &'static str {
         "local"
+    }
+    fn weights_fingerprint(&self) -> Result<String, TeacherError> {
+        crate::weights::fingerprint(&self.dir)
     }
     fn topk(&mut self, rows: &[&[i32]], k: usize, temperature: f32) -> Result<TopK, TeacherError> {
         let (b, t) = (rows.len(), rows[0].len());
@@ -196,6 +203,7 @@ pub fn record(
         seq_len: data.seq_len(),
         split: cfg.split,
         source: source.source().into(),
+        teacher_weights: source.weights_fingerprint()?,
     };
     std::fs::create_dir_all(&cfg.out).map_err(|source| TeacherError::Io {
         path: cfg.out.clone(),
@@ -222,6 +230,24 @@ pub fn record(
                 || existing_rows.len() != end - first
                 || existing_rows.first().map(|r| r.row_index) != Some(first as u64)
             {
+                if existing.teacher_weights != meta.teacher_weights
+                    && (LogitsMeta {
+                        teacher_weights: meta.teacher_weights.clone(),
+                        ..existing.clone()
+                    }) == meta
+                {
+                    return Err(TeacherError::Invalid(format!(
+                        "{} was recorded from other weights of teacher {} (fingerprint {} vs {} now: retrained or replaced in place?); use a new --out directory",
+                        path.display(),
+                        existing.teacher,
+                        if existing.teacher_weights.is_empty() {
+                            "unknown"
+                        } else {
+                            &existing.teacher_weights
+                        },
+                        meta.teacher_weights
+                    )));
+                }
                 return Err(TeacherError::Invalid(format!(
                     "{} was recorded with other settings ({} by {}, k={}); use a new --out directory",
                     path.display(),
@@ -238,6 +264,18 @@ pub fn record(
                 let batch: Vec<&[i32]> = (batch_start..batch_end).map(|r| data.row(r)).collect();
                 let topk = source.topk(&batch, cfg.k, cfg.temperature)?;
                 for (r, (ids, logprobs)) in (batch_start..batch_end).zip(topk) {
+                    // a NaN teacher must not become a dataset: refuse, naming the row
+                    if let Some(i) = logprobs
+                        .iter()
+                        .position(|x| x.is_nan() || *x == f32::INFINITY)
+                    {
+                        return Err(TeacherError::NonFinite {
+                            teacher: source.name(),
+                            row: r,
+                            position: i / cfg.k,
+                            value: logprobs[i],
+                        });
+                    }
                     out.push(LogitsRow {
                         row_index: r as u64,
                         input_ids: data.row(r).to_vec(),

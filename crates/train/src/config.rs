@@ -155,6 +155,9 @@ pub struct TrainSection {
     /// Compute precision: `f32`, or `bf16` (weights, activations and optimizer state in
     /// bf16 where the backend supports it; losses are computed in f32).
     pub precision: Precision,
+    /// Optimizer steps whose loss or gradient norm is NaN/infinite that may be skipped
+    /// (weights left as they were) before the run stops; 0 = stop at the first one.
+    pub max_nonfinite_steps: usize,
 }
 
 /// Float format of training compute.
@@ -213,6 +216,7 @@ impl Default for TrainSection {
             keep_checkpoints: 2,
             save_dtype: ember_student::SaveDtype::F32,
             precision: Precision::F32,
+            max_nonfinite_steps: 0,
             init_from: None,
         }
     }

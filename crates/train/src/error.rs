@@ -27,6 +27,12 @@ pub enum TrainError {
     #[error("training in {path} stopped: {message}")]
     Training { path: PathBuf, message: String },
 
+    #[error("training in {path} stopped at a non-finite value: {message}")]
+    NonFinite { path: PathBuf, message: String },
+
+    #[error("{what} is not finite ({value}); the model or the data holds NaN/infinite values")]
+    NotFinite { what: String, value: f64 },
+
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 }

@@ -20,6 +20,20 @@ pub struct EvalReport {
     pub sequences: usize,
 }
 
+impl EvalReport {
+    /// An error naming `what` unless the loss is finite (a NaN model or dataset).
+    pub fn check_finite(&self, what: &str) -> Result<(), crate::TrainError> {
+        if self.loss.is_finite() {
+            Ok(())
+        } else {
+            Err(crate::TrainError::NotFinite {
+                what: format!("{what} loss over {} tokens", self.tokens),
+                value: self.loss,
+            })
+        }
+    }
+}
+
 /// Mean cross-entropy over the first `max_batches` batches of `data` (0 = all), in row order.
 /// Runs without autodiff; `model` should live on a plain (non-autodiff) device.
 pub fn evaluate(

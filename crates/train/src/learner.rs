@@ -12,7 +12,7 @@ use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_std::ExecutionError;
-use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use burn_train::{InferenceStep, Interrupter, ItemLazy, TrainOutput, TrainStep};
 use ember_student::Student;
 
 use crate::distill::top1_agreement;
@@ -36,15 +36,76 @@ pub struct GradClip {
     pub max_norm: f64,
     /// Norm of the gradient of every optimizer step taken by this process, in order.
     pub norms: Arc<Mutex<Vec<f64>>>,
+    pub guard: NonFiniteGuard,
+}
+
+/// Stops the run (or skips a bounded number of steps) when a loss or gradient norm is not
+/// finite. A skipped or stopping step leaves the weights and optimizer state untouched, and
+/// burn-train saves no checkpoint after a stop, so the last good checkpoint stays the newest.
+#[derive(Clone, Default)]
+pub struct NonFiniteGuard {
+    /// Optimizer steps already done before this process started (resume).
+    pub first_step: usize,
+    /// Steps that may be skipped before stopping.
+    pub max_skips: usize,
+    /// Global steps skipped so far, with what was not finite.
+    pub skipped: Arc<Mutex<Vec<(usize, String)>>>,
+    /// Why the run stopped, naming the step, once it has.
+    pub stopped: Arc<Mutex<Option<String>>>,
+    pub interrupter: Interrupter,
+}
+
+impl std::fmt::Debug for NonFiniteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonFiniteGuard")
+            .field("max_skips", &self.max_skips)
+            .finish()
+    }
+}
+
+impl NonFiniteGuard {
+    /// Record that local optimizer step `local` (0-based) had a non-finite `what`; returns
+    /// whether the step is skipped (else the run stops).
+    pub fn report(&self, local: usize, what: String) -> bool {
+        let step = self.first_step + local + 1;
+        let mut skipped = self.skipped.lock().expect("skipped steps");
+        if skipped.iter().any(|(s, _)| *s == step) {
+            return true;
+        }
+        if skipped.len() < self.max_skips {
+            eprintln!(
+                "warning: step {step}: {what}; step skipped ({} of train.max_nonfinite_steps = {})",
+                skipped.len() + 1,
+                self.max_skips
+            );
+            skipped.push((step, what));
+            return true;
+        }
+        let message = format!(
+            "step {step}: {what}{}; the weights were not updated and the newest checkpoint is the last good one (lower train.lr, raise train.grad_clip, or allow skips with train.max_nonfinite_steps)",
+            if self.max_skips > 0 {
+                format!(" after {} skipped steps", skipped.len())
+            } else {
+                String::new()
+            }
+        );
+        let mut stopped = self.stopped.lock().expect("stop reason");
+        if stopped.is_none() {
+            *stopped = Some(message.clone());
+        }
+        self.interrupter.stop(Some(&message));
+        false
+    }
 }
 
 impl Distiller {
-    pub fn new(student: Student, max_norm: f64) -> Self {
+    pub fn new(student: Student, max_norm: f64, guard: NonFiniteGuard) -> Self {
         Self {
             student,
             clip: GradClip {
                 max_norm,
                 norms: Arc::default(),
+                guard,
             },
         }
     }
@@ -69,6 +130,7 @@ pub struct TrainBatch {
 pub struct TrainStepOutput {
     pending: Option<PendingTrain>,
     grad_norms: Arc<Mutex<Vec<f64>>>,
+    guard: NonFiniteGuard,
     ends_step: Option<usize>,
     pub stats: StepStats,
 }
@@ -138,6 +200,7 @@ impl TrainStep for Distiller {
                 agreement,
             }),
             grad_norms: self.clip.norms.clone(),
+            guard: self.clip.guard.clone(),
             ends_step: item.ends_step,
             stats: StepStats {
                 tokens: item.tokens,
@@ -155,7 +218,18 @@ impl TrainStep for Distiller {
         grads: GradientsParams,
     ) -> Self {
         let (grads, norm) = clip_global_norm(&self, grads, self.clip.max_norm);
-        self.clip.norms.lock().expect("grad norms").push(norm);
+        let local = {
+            let mut norms = self.clip.norms.lock().expect("grad norms");
+            norms.push(norm);
+            norms.len() - 1
+        };
+        if !norm.is_finite() {
+            // skipped or stopping: either way these gradients never reach the weights
+            self.clip
+                .guard
+                .report(local, format!("gradient norm is {norm}"));
+            return self;
+        }
         optim.step(lr, self, grads)
     }
 }
@@ -170,6 +244,12 @@ impl ItemLazy for TrainStepOutput {
         }) = self.pending.take()
         {
             self.stats.loss = host_scalar(total)?;
+            if !self.stats.loss.is_finite()
+                && let Some(step) = self.ends_step
+            {
+                self.guard
+                    .report(step, format!("training loss is {}", self.stats.loss));
+            }
             if let Some((argmax, teacher_top1)) = agreement {
                 self.stats.kd = Some(host_scalar(kd)?);
                 self.stats.ce = Some(host_scalar(ce)?);

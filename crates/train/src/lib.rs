@@ -30,6 +30,6 @@ pub use kd::{
     HiddenLoss, KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss,
     loss_from_hidden, loss_from_hidden_in_chunks,
 };
-pub use learner::{Distiller, WarmupCosine, clip_global_norm, lr_at};
+pub use learner::{Distiller, NonFiniteGuard, WarmupCosine, clip_global_norm, lr_at};
 pub use loss::{cross_entropy, dataset_batch, next_token_batch};
 pub use trainer::{TrainSummary, train};

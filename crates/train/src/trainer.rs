@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::distill::KdEval;
 use crate::distill::build_source;
 use crate::feed::{FeedConfig, TrainFeed, TrainLoader, ValidLoader, ValidSet};
-use crate::learner::{Distiller, WarmupCosine};
+use crate::learner::{Distiller, NonFiniteGuard, WarmupCosine};
 use crate::monitor::{
     EveryNSteps, JsonlLogger, RunShape, StatMetric, StepBar, StepCheckpoints, TokensPerSecond,
 };
@@ -143,6 +143,19 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             });
         }
     }
+    let recipe_path = out.join("train_config.toml");
+    if resumed_from_step.is_some() && recipe_path.is_file() {
+        let saved = std::fs::read_to_string(&recipe_path).map_err(|source| TrainError::Io {
+            path: recipe_path.clone(),
+            source,
+        })?;
+        for change in recipe_changes(&saved, cfg).map_err(|message| TrainError::Checkpoint {
+            path: recipe_path.clone(),
+            message,
+        })? {
+            eprintln!("resuming with a changed recipe: {change}");
+        }
+    }
     write_file(
         &out.join("train_config.toml"),
         toml::to_string_pretty(cfg)
@@ -170,7 +183,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
 
     if let Some(step) = resumed_from_step {
         let dir = checkpoints.dir(step);
-        check_checkpoint(&dir)?;
+        check_checkpoint(&dir, step)?;
         truncate_metrics(&out.join("metrics.jsonl"), step)?;
         eprintln!("resuming from {} (step {step})", dir.display());
     }
@@ -279,8 +292,14 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     if start_step > 0 {
         training = training.checkpoint(shape.epoch_of_step(start_step));
     }
+    let guard = NonFiniteGuard {
+        first_step: start_step,
+        max_skips: t.max_nonfinite_steps,
+        interrupter: training.interrupter(),
+        ..NonFiniteGuard::default()
+    };
     let learner = Learner::new(
-        Distiller::new(student, t.grad_clip),
+        Distiller::new(student, t.grad_clip, guard.clone()),
         adamw(cfg),
         WarmupCosine {
             warmup: t.warmup_steps,
@@ -300,10 +319,17 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             message: error.to_string(),
         });
     }
+    if let Some(message) = guard.stopped.lock().expect("stop reason").take() {
+        return Err(TrainError::NonFinite {
+            path: out.clone(),
+            message,
+        });
+    }
     let seconds = start.elapsed().as_secs_f64();
 
     let valid_model = result.model.student;
     let (validation, validation_kd) = valid.evaluate(&valid_model, 0, device);
+    validation.check_finite("final validation")?;
     log_eval(
         &metrics_path,
         t.max_steps,
@@ -355,11 +381,21 @@ fn steps_per_epoch(eval_every: usize, checkpoint_every: usize) -> usize {
 
 /// Read every record of a checkpoint, so that a damaged one is an error naming its file
 /// (burn-train's own loading would panic).
-fn check_checkpoint(dir: &Path) -> Result<(), TrainError> {
+fn check_checkpoint(dir: &Path, step: usize) -> Result<(), TrainError> {
     let err = |file: &str, message: String| TrainError::Checkpoint {
         path: dir.join(file),
         message,
     };
+    let state =
+        std::fs::read(dir.join("state.json")).map_err(|e| err("state.json", e.to_string()))?;
+    let state: crate::monitor::CheckpointState =
+        serde_json::from_slice(&state).map_err(|e| err("state.json", format!("damaged: {e}")))?;
+    if state.step != step {
+        return Err(err(
+            "state.json",
+            format!("says step {}, but its directory is step {step}", state.step),
+        ));
+    }
     let bytes = |file: &str| {
         std::fs::read(dir.join(file))
             .map(burn::tensor::Bytes::from_bytes_vec)
@@ -372,6 +408,77 @@ fn check_checkpoint(dir: &Path) -> Result<(), TrainError> {
     burn::lr_scheduler::LrSchedulerRecord::from_bytes(bytes("scheduler.bpk")?)
         .map_err(|e| err("scheduler.bpk", e.to_string()))?;
     Ok(())
+}
+
+/// Recipe keys that may change when a run resumes: they steer logging and bookkeeping,
+/// not the optimisation a resumed run must continue exactly.
+const RESUMABLE_KEYS: [&str; 5] = [
+    "train.log_every",
+    "train.keep_checkpoints",
+    "train.eval_batches",
+    "train.save_dtype",
+    "train.max_nonfinite_steps",
+];
+
+/// The differences between the recipe a run was started with (`saved`, its
+/// train_config.toml) and `cfg`: an error naming every key that may not change on resume,
+/// else the allowed changes, one line each.
+pub fn recipe_changes(saved: &str, cfg: &TrainConfig) -> Result<Vec<String>, String> {
+    fn flatten(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let old: toml::Value = toml::from_str(saved)
+        .map_err(|e| format!("damaged recipe of the run being resumed: {e}"))?;
+    let new = toml::Value::try_from(cfg).map_err(|e| e.to_string())?;
+    let (mut a, mut b) = (Default::default(), Default::default());
+    flatten("", &old, &mut a);
+    flatten("", &new, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut allowed = Vec::new();
+    let mut refused = Vec::new();
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x == y {
+            continue;
+        }
+        let line = format!(
+            "{k}: {} -> {}",
+            x.map(String::as_str).unwrap_or("(unset)"),
+            y.map(String::as_str).unwrap_or("(unset)")
+        );
+        if RESUMABLE_KEYS.contains(&k.as_str()) {
+            allowed.push(line);
+        } else {
+            refused.push(line);
+        }
+    }
+    if refused.is_empty() {
+        Ok(allowed)
+    } else {
+        Err(format!(
+            "the run being resumed was started with another recipe ({}); resume with the same settings (only {} may change) or use a new train.out_dir",
+            refused.join(", "),
+            RESUMABLE_KEYS.join(", ")
+        ))
+    }
 }
 
 /// AdamW with decoupled weight decay on matrices only (RMSNorm gains are not decayed).
