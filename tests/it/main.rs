@@ -10,6 +10,7 @@ mod kd;
 mod nonfinite;
 mod record;
 mod resume;
+mod serve;
 mod shipped;
 mod student;
 mod teacher;

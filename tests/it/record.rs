@@ -14,7 +14,7 @@ use crate::teacher::fixture;
 use crate::{ember_err, ember_ok, python, small_dataset};
 
 /// A teacher directory: the llama fixture plus the test dataset's tokenizer (both 512 ids).
-fn teacher_dir(parent: &Path) -> PathBuf {
+pub fn teacher_dir(parent: &Path) -> PathBuf {
     let dir = parent.join("llama-teacher");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "model.safetensors"] {
@@ -385,7 +385,7 @@ fn the_server_answers_bad_requests_with_4xx_and_keeps_serving() {
             "/generate",
             r#"{"input_ids": "x", "top_logprobs_num": 2}"#,
             400,
-            "must be a list of token ids",
+            "`input_ids`: invalid type: string",
         ),
         ("/nope", "{}", 404, "no route"),
     ];

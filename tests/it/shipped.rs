@@ -658,3 +658,58 @@ fn f8_e4m3_decodes_every_byte_like_torch() {
     assert_eq!(f(0xb8), -1.0);
     assert_eq!(f(0xfe), -448.0);
 }
+
+#[test]
+fn kv_cache_decoding_matches_the_full_forward_for_every_architecture() {
+    let device = Device::flex();
+    let mut names: Vec<&str> = crate::teacher::ARCHS.to_vec();
+    // dynamic RoPE is excluded: transformers too recomputes its base as the cache grows
+    names.extend(
+        SHIPPED
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != "llama_dynamic"),
+    );
+    let mut table = Vec::new();
+    let mut worst = 0.0f32;
+    let mut check = |label: String, teacher: &Teacher, ids: &[i64]| {
+        let t = ids.len();
+        let full = forward(teacher, ids, 1, t, None);
+        // prefill 5 positions, then one at a time
+        let mut cache = teacher.new_cache();
+        let mut got = Vec::with_capacity(t * V);
+        let mut pos = 0;
+        for len in std::iter::once(5).chain(std::iter::repeat(1)) {
+            if pos >= t {
+                break;
+            }
+            let len = len.min(t - pos);
+            let x = Tensor::<2, Int>::from_data(
+                TensorData::new(ids[pos..pos + len].to_vec(), [1, len]),
+                &device,
+            );
+            let y = teacher.forward_cached(x, &mut cache);
+            got.extend(y.into_data().try_into_vec_as::<f32>().unwrap());
+            pos += len;
+        }
+        assert_eq!(cache.len, t);
+        let d = diff(&got, t, 0, &full, t, 0, t);
+        worst = worst.max(d);
+        table.push(format!("{label:<24} {d:.2e}"));
+    };
+    for name in names {
+        let teacher = load_teacher(&fixture(name), &device, DType::F32).unwrap();
+        let (ids, _, t) = reference(name);
+        check(name.to_string(), &teacher, &ids[t..2 * t]);
+    }
+    // a sliding window shorter than the sequence
+    let dir = edited("mixtral", |c| c["sliding_window"] = serde_json::json!(4));
+    let teacher = load_teacher(dir.path(), &device, DType::F32).unwrap();
+    let (ids, _, t) = reference("mixtral");
+    check("mixtral, sliding window 4".into(), &teacher, &ids[t..2 * t]);
+    eprintln!(
+        "KV-cache decoding vs full forward (max abs logit diff):\n{}",
+        table.join("\n")
+    );
+    assert!(worst < 1e-4, "{}", table.join("\n"));
+}

@@ -11,7 +11,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::root;
 
-const ARCHS: [&str; 6] = [
+pub const ARCHS: [&str; 6] = [
     "llama",
     "qwen2",
     "qwen3",

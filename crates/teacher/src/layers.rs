@@ -117,9 +117,10 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         .reshape([b, h * n_rep, t, d])
 }
 
-/// Eager causal attention, `q: [b, h, t, dq]`, `k: [b, h, t, dq]`, `v: [b, h, t, dv]`,
-/// optional key padding mask `[b, t]` (true = padding), optional sliding window (a query
-/// sees at most `window` keys, itself included). Softmax in float32.
+/// Eager causal attention, `q: [b, h, tq, dq]`, `k: [b, h, tk, dq]`, `v: [b, h, tk, dv]`,
+/// where the queries are the last `tq` of the `tk` positions (`tk > tq` when earlier keys
+/// come from a KV cache); optional key padding mask `[b, tk]` (true = padding), optional
+/// sliding window (a query sees at most `window` keys, itself included). Softmax in float32.
 pub fn causal_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -129,30 +130,31 @@ pub fn causal_attention(
     window: Option<usize>,
 ) -> Tensor<4> {
     let [b, h, t, _] = q.dims();
+    let tk = k.dims()[2];
+    let off = tk - t;
     let device = q.device();
     let dtype = q.dtype();
     let scores = q
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(scale)
         .cast(DType::F32);
-    let causal = match window {
-        Some(w) if w < t => {
-            let m: Vec<bool> = (0..t * t)
-                .map(|ij| ij % t > ij / t || ij / t - ij % t >= w)
-                .collect();
-            Tensor::<2, Bool>::from_data(TensorData::new(m, [t, t]), &device)
-        }
-        _ => Tensor::<2, Bool>::tril_mask([t, t], 0, &device),
+    // masked: keys after the query, or `window` or more positions before it
+    let masked = |i: usize, j: usize| j > i + off || window.is_some_and(|w| i + off - j >= w);
+    let causal = if off == 0 && window.is_none_or(|w| w >= t) {
+        Tensor::<2, Bool>::tril_mask([t, t], 0, &device)
+    } else {
+        let m: Vec<bool> = (0..t * tk).map(|ij| masked(ij / tk, ij % tk)).collect();
+        Tensor::<2, Bool>::from_data(TensorData::new(m, [t, tk]), &device)
     };
-    let mut mask = causal.unsqueeze::<4>().expand([b, h, t, t]);
+    let mut mask = causal.unsqueeze::<4>().expand([b, h, t, tk]);
     if let Some(pad) = pad {
-        let keys = pad.clone().reshape([b, 1, 1, t]).expand([b, h, t, t]);
+        let keys = pad.clone().reshape([b, 1, 1, tk]).expand([b, h, t, tk]);
         // a query never loses its own key, so no row is fully masked
-        let diag = Tensor::<2, Bool>::diag_mask([t, t], 0, &device)
-            .bool_not()
+        let own: Vec<bool> = (0..t * tk).map(|ij| ij % tk == ij / tk + off).collect();
+        let own = Tensor::<2, Bool>::from_data(TensorData::new(own, [t, tk]), &device)
             .unsqueeze::<4>()
-            .expand([b, h, t, t]);
-        mask = mask.bool_or(keys.bool_and(diag.bool_not()));
+            .expand([b, h, t, tk]);
+        mask = mask.bool_or(keys.bool_and(own.bool_not()));
     }
     softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
         .cast(dtype)

@@ -13,6 +13,7 @@ mod load;
 mod minimax_m2;
 mod mixtral;
 mod model;
+pub mod protocol;
 mod qwen2;
 mod qwen3;
 mod qwen3_moe;
@@ -25,7 +26,7 @@ pub use config::{Arch, Fp8Blocks, HfConfig};
 pub use distillkit::{CompressionConfig, ImportConfig, import_distillkit, unpack_bits};
 pub use error::TeacherError;
 pub use load::load_teacher;
-pub use model::{Router, Teacher, grouped_routing, softmax_routing};
+pub use model::{KvCache, Router, Teacher, grouped_routing, softmax_routing};
 pub use record::{
     LocalTeacher, LogitSource, RecordConfig, TopK, check_vocab, record, topk_logprobs,
 };

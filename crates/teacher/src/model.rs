@@ -121,6 +121,30 @@ impl Teacher {
     /// Logits `[b, t, vocab]` (float32 whatever the compute dtype) at every position. `pad` (`[b, t]`, true = padding) masks
     /// padded keys; with right padding, valid positions are unaffected by the padding.
     pub fn forward(&self, input_ids: Tensor<2, Int>, pad: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+        self.run(input_ids, pad, None)
+    }
+
+    /// An empty KV cache for [`Teacher::forward_cached`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: (0..self.layers.len()).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Logits `[b, t, vocab]` of `input_ids`, the `t` positions that follow those already in
+    /// `cache`, which grows by them: decoding token by token costs one position per step.
+    /// The same numbers as [`Teacher::forward`] over the whole sequence (tested).
+    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        self.run(input_ids, None, Some(cache))
+    }
+
+    fn run(
+        &self,
+        input_ids: Tensor<2, Int>,
+        pad: Option<&Tensor<2, Bool>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let [b, t] = input_ids.dims();
         let d = self.embed_tokens.dims()[1];
         let mut x = self
@@ -130,15 +154,25 @@ impl Teacher {
             .reshape([b, t, d]);
         let device = x.device();
         let dtype = x.dtype();
+        let off = cache.as_ref().map_or(0, |c| c.len);
         let rope = {
-            let (cos, sin) = self.rope.tables(t, &device);
-            (cos.cast(dtype), sin.cast(dtype))
+            // positions off..off + t (dynamic RoPE sizes its base for the whole length)
+            let (cos, sin) = self.rope.tables(off + t, &device);
+            let r = cos.dims()[1];
+            (
+                cos.slice([off..off + t, 0..r]).cast(dtype),
+                sin.slice([off..off + t, 0..r]).cast(dtype),
+            )
         };
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
-            x = x + layer.attn.forward(h, &rope, pad);
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = x + layer.attn.forward(h, &rope, pad, layer_cache);
             let h = layer.post_attention_layernorm.forward(x.clone());
             x = x + layer.ffn.forward(h);
+        }
+        if let Some(c) = cache {
+            c.len += t;
         }
         let x = self.norm.forward(x);
         x.reshape([b * t, d])
@@ -147,16 +181,44 @@ impl Teacher {
     }
 }
 
+/// Keys and values (`[b, heads, positions, dim]`, after RoPE) of every layer for the
+/// positions decoded so far.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Positions held.
+    pub len: usize,
+}
+
+/// Append the new keys/values to a layer's cache (if any) and return all of them.
+fn extend_cache(
+    cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
+    let Some(slot) = cache else {
+        return (k, v);
+    };
+    let (k, v) = match slot.take() {
+        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        None => (k, v),
+    };
+    *slot = Some((k.clone(), v.clone()));
+    (k, v)
+}
+
+type LayerCache<'a> = Option<&'a mut Option<(Tensor<4>, Tensor<4>)>>;
+
 impl Attention {
     fn forward(
         &self,
         x: Tensor<3>,
         rope: &(Tensor<2>, Tensor<2>),
         pad: Option<&Tensor<2, Bool>>,
+        cache: LayerCache<'_>,
     ) -> Tensor<3> {
         match self {
-            Attention::Standard(a) => a.forward(x, rope, pad),
-            Attention::Latent(a) => a.forward(x, rope, pad),
+            Attention::Standard(a) => a.forward(x, rope, pad, cache),
+            Attention::Latent(a) => a.forward(x, rope, pad, cache),
         }
     }
 }
@@ -167,6 +229,7 @@ impl StandardAttention {
         x: Tensor<3>,
         (cos, sin): &(Tensor<2>, Tensor<2>),
         pad: Option<&Tensor<2, Bool>>,
+        cache: LayerCache<'_>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -190,6 +253,7 @@ impl StandardAttention {
             sin,
         );
         let v = heads(self.v_proj.forward(x), nkv, &None);
+        let (k, v) = extend_cache(cache, k, v);
         let scale = 1.0 / (hd as f64).sqrt();
         let y = causal_attention(
             q,
@@ -210,6 +274,7 @@ impl LatentAttention {
         x: Tensor<3>,
         (cos, sin): &(Tensor<2>, Tensor<2>),
         pad: Option<&Tensor<2, Bool>>,
+        cache: LayerCache<'_>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nope, rope_d, vd) = (
@@ -250,6 +315,7 @@ impl LatentAttention {
         };
         let q = Tensor::cat(vec![q_nope, q_pe], 3);
         let k = Tensor::cat(vec![k_nope, k_pe.expand([b, nh, t, rope_d])], 3);
+        let (k, v) = extend_cache(cache, k, v);
         let y = causal_attention(q, k, v, self.softmax_scale, pad, None);
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, t, nh * vd]))

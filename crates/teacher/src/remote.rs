@@ -8,8 +8,15 @@
 //! last position comes from the first generated token's top log-probabilities
 //! (`max_tokens: 1`). Served log-probabilities are at temperature 1.
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::protocol::{
+    CompletionRequest, CompletionResponse, ErrorBody, GenerateRequest, GenerateResponse, Prompt,
+    PromptLogprob, SamplingParams, TokenLogprob,
+};
 use crate::{LogitSource, TeacherError, TopK};
 
 /// Wire protocol of a remote teacher.
@@ -33,6 +40,8 @@ pub struct RemoteTeacher {
 }
 
 impl RemoteTeacher {
+    /// A client for `url` (`http://` or `https://`; TLS through rustls, trusting the system's
+    /// certificate store, or the PEM file in `SSL_CERT_FILE`).
     pub fn new(url: &str, model: &str, protocol: Protocol) -> Self {
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(600))
@@ -54,23 +63,29 @@ impl RemoteTeacher {
         }
     }
 
-    fn post(&self, path: &str, body: &Value) -> Result<Value, TeacherError> {
+    fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, TeacherError> {
         let url = format!("{}{path}", self.url);
         match self.agent.post(&url).send_json(body) {
-            Ok(resp) => resp
-                .into_json()
-                .map_err(|e| self.err(format!("response of {path} is not JSON: {e}"))),
+            Ok(resp) => {
+                let text = resp
+                    .into_string()
+                    .map_err(|e| self.err(format!("reading the response of {path}: {e}")))?;
+                serde_json::from_str(&text).map_err(|e| {
+                    self.err(format!(
+                        "response of {path} is not the expected JSON ({e}): {}",
+                        text.chars().take(200).collect::<String>()
+                    ))
+                })
+            }
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
-                // vLLM answers {"error": {"message"}} (new) or {"message"} (old)
-                let msg = serde_json::from_str::<Value>(&text)
+                let msg = serde_json::from_str::<ErrorBody>(&text)
                     .ok()
-                    .and_then(|v| {
-                        v.pointer("/error/message")
-                            .or(v.get("message"))
-                            .and_then(|m| m.as_str())
-                            .map(String::from)
-                    })
+                    .and_then(|b| b.text().map(String::from))
                     .unwrap_or(text);
                 Err(self.err(format!("HTTP {code} from {path}: {msg}")))
             }
@@ -92,43 +107,37 @@ fn top_k(mut pairs: Vec<(i32, f32)>, k: usize) -> Result<Vec<(i32, f32)>, String
     Ok(pairs)
 }
 
-/// vLLM `{ "<id>" | "token_id:<id>": {logprob} | logprob }` into pairs.
-fn vllm_pairs(v: &Value) -> Result<Vec<(i32, f32)>, String> {
-    let obj = v
-        .as_object()
-        .ok_or("expected an object of log-probabilities")?;
-    obj.iter()
-        .map(|(key, val)| {
-            let id = key
-                .strip_prefix("token_id:")
-                .unwrap_or(key)
-                .parse::<i32>()
-                .map_err(|_| format!("token key {key:?} is not an id"))?;
-            let lp = val
-                .get("logprob")
-                .unwrap_or(val)
-                .as_f64()
-                .ok_or("logprob is not a number")?;
-            Ok((id, lp as f32))
-        })
+/// vLLM token keys: `<id>` or `token_id:<id>`.
+fn token_key(key: &str) -> Result<i32, String> {
+    key.strip_prefix("token_id:")
+        .unwrap_or(key)
+        .parse::<i32>()
+        .map_err(|_| format!("token key {key:?} is not an id"))
+}
+
+/// vLLM prompt entry `{ "<id>": {logprob, rank, decoded_token} }` into pairs.
+fn prompt_pairs(entry: &BTreeMap<String, PromptLogprob>) -> Result<Vec<(i32, f32)>, String> {
+    entry
+        .iter()
+        .map(|(key, v)| Ok((token_key(key)?, v.logprob)))
+        .collect()
+}
+
+/// vLLM generated-token entry `{ "token_id:<id>": logprob }` into pairs.
+fn top_pairs(entry: &BTreeMap<String, f32>) -> Result<Vec<(i32, f32)>, String> {
+    entry
+        .iter()
+        .map(|(key, &lp)| Ok((token_key(key)?, lp)))
         .collect()
 }
 
 /// SGLang `[[logprob, id, text], ...]` into pairs.
-fn sglang_pairs(v: &Value) -> Result<Vec<(i32, f32)>, String> {
-    v.as_array()
-        .ok_or("expected a list of [logprob, id, text]")?
+fn sglang_pairs(entries: &[TokenLogprob]) -> Result<Vec<(i32, f32)>, String> {
+    entries
         .iter()
-        .map(|e| {
-            let lp = e
-                .get(0)
-                .and_then(Value::as_f64)
-                .ok_or("logprob is not a number")?;
-            let id = e
-                .get(1)
-                .and_then(Value::as_i64)
-                .ok_or("token id is not an integer")?;
-            Ok((id as i32, lp as f32))
+        .map(|TokenLogprob(lp, id, _)| {
+            let lp = lp.ok_or("a log-probability is null")?;
+            Ok((*id as i32, lp))
         })
         .collect()
 }
@@ -137,49 +146,84 @@ impl RemoteTeacher {
     /// Prompt entries `1..T` plus the first generated position, as `T` lists of pairs.
     fn positions(&self, row: &[i32], k: usize) -> Result<Vec<Vec<(i32, f32)>>, TeacherError> {
         let t = row.len();
+        let ids: Vec<i64> = row.iter().map(|&i| i as i64).collect();
         let (prompt, last) = match self.protocol {
             Protocol::Vllm => {
-                let body = json!({
-                    "model": self.model, "prompt": row, "max_tokens": 1, "temperature": 1.0,
-                    "prompt_logprobs": k, "logprobs": k, "return_tokens_as_token_ids": true,
-                });
-                let resp = self.post("/v1/completions", &body)?;
+                let body = CompletionRequest {
+                    model: Some(self.model.clone()),
+                    prompt: Some(Prompt::Ids(ids)),
+                    max_tokens: Some(1),
+                    temperature: Some(1.0),
+                    prompt_logprobs: Some(k as u64),
+                    logprobs: Some(k as u64),
+                    return_tokens_as_token_ids: Some(true),
+                    ..CompletionRequest::default()
+                };
+                let resp: CompletionResponse = self.post("/v1/completions", &body)?;
                 let choice = resp
-                    .pointer("/choices/0")
+                    .choices
+                    .first()
                     .ok_or_else(|| self.err("response has no choices"))?;
-                let prompt = choice.get("prompt_logprobs").and_then(Value::as_array).ok_or_else(|| {
+                let prompt = choice.prompt_logprobs.as_ref().ok_or_else(|| {
                     self.err("response has no choices[0].prompt_logprobs; is this a vLLM server started with --max-logprobs >= k?")
                 })?;
                 let last = choice
-                    .pointer("/logprobs/top_logprobs/0")
+                    .logprobs
+                    .as_ref()
+                    .and_then(|l| l.top_logprobs.first())
                     .ok_or_else(|| self.err("response has no logprobs.top_logprobs"))?;
-                let prompt: Result<Vec<_>, String> =
-                    prompt.iter().skip(1).map(vllm_pairs).collect();
+                let prompt: Result<Vec<_>, String> = prompt
+                    .iter()
+                    .skip(1)
+                    .map(|e| {
+                        e.as_ref()
+                            .ok_or_else(|| {
+                                "a prompt_logprobs entry after the first is null".to_string()
+                            })
+                            .and_then(prompt_pairs)
+                    })
+                    .collect();
                 (
                     prompt.map_err(|e| self.err(e))?,
-                    vllm_pairs(last).map_err(|e| self.err(e))?,
+                    top_pairs(last).map_err(|e| self.err(e))?,
                 )
             }
             Protocol::Sglang => {
-                let body = json!({
-                    "input_ids": row, "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
-                    "return_logprob": true, "logprob_start_len": 0, "top_logprobs_num": k,
-                });
-                let resp = self.post("/generate", &body)?;
-                let meta = resp
-                    .get("meta_info")
-                    .ok_or_else(|| self.err("response has no meta_info"))?;
-                let prompt = meta.get("input_top_logprobs").and_then(Value::as_array).ok_or_else(|| {
+                let body = GenerateRequest {
+                    input_ids: Some(ids),
+                    sampling_params: SamplingParams {
+                        max_new_tokens: Some(1),
+                        temperature: Some(0.0),
+                        ..SamplingParams::default()
+                    },
+                    return_logprob: Some(true),
+                    logprob_start_len: Some(0),
+                    top_logprobs_num: Some(k as u64),
+                    ..GenerateRequest::default()
+                };
+                let resp: GenerateResponse = self.post("/generate", &body)?;
+                let meta = resp.meta_info;
+                let prompt = meta.input_top_logprobs.ok_or_else(|| {
                     self.err("response has no meta_info.input_top_logprobs (needs return_logprob and logprob_start_len 0)")
                 })?;
                 let last = meta
-                    .pointer("/output_top_logprobs/0")
+                    .output_top_logprobs
+                    .and_then(|o| o.into_iter().next().flatten())
                     .ok_or_else(|| self.err("response has no output_top_logprobs"))?;
-                let prompt: Result<Vec<_>, String> =
-                    prompt.iter().skip(1).map(sglang_pairs).collect();
+                let prompt: Result<Vec<_>, String> = prompt
+                    .iter()
+                    .skip(1)
+                    .map(|e| {
+                        e.as_deref()
+                            .ok_or_else(|| {
+                                "an input_top_logprobs entry after the first is null".to_string()
+                            })
+                            .and_then(sglang_pairs)
+                    })
+                    .collect();
                 (
                     prompt.map_err(|e| self.err(e))?,
-                    sglang_pairs(last).map_err(|e| self.err(e))?,
+                    sglang_pairs(&last).map_err(|e| self.err(e))?,
                 )
             }
         };
@@ -248,19 +292,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vllm_entries_with_the_extra_prompt_token_are_cut_to_k() {
-        // vLLM adds the actual prompt token (rank 7) to the top-2 and lists it first
-        let v = json!({"9": {"logprob": -5.0, "rank": 7}, "3": {"logprob": -0.5, "rank": 1}, "4": {"logprob": -1.5, "rank": 2}});
+    fn vllm_and_sglang_entries_are_cut_to_k() {
+        // vLLM adds the actual prompt token (rank 7) to the top-2
+        let v: BTreeMap<String, PromptLogprob> = serde_json::from_str(
+            r#"{"9": {"logprob": -5.0, "rank": 7}, "3": {"logprob": -0.5, "rank": 1}, "4": {"logprob": -1.5, "rank": 2}}"#,
+        )
+        .unwrap();
         assert_eq!(
-            top_k(vllm_pairs(&v).unwrap(), 2).unwrap(),
+            top_k(prompt_pairs(&v).unwrap(), 2).unwrap(),
             vec![(3, -0.5), (4, -1.5)]
         );
-        let generated = json!({"token_id:12": -0.1, "token_id:5": -2.5});
+        let generated: BTreeMap<String, f32> =
+            serde_json::from_str(r#"{"token_id:12": -0.1, "token_id:5": -2.5}"#).unwrap();
         assert_eq!(
-            top_k(vllm_pairs(&generated).unwrap(), 2).unwrap(),
+            top_k(top_pairs(&generated).unwrap(), 2).unwrap(),
             vec![(12, -0.1), (5, -2.5)]
         );
-        let sg = json!([[-0.2, 8, null], [-1.9, 2, null]]);
+        let sg: Vec<TokenLogprob> =
+            serde_json::from_str("[[-0.2, 8, null], [-1.9, 2, null]]").unwrap();
         assert_eq!(
             top_k(sglang_pairs(&sg).unwrap(), 2).unwrap(),
             vec![(8, -0.2), (2, -1.9)]
