@@ -23,7 +23,8 @@ pub struct ServeArgs {
     /// Exit after answering this many requests (for scripted use).
     #[arg(long)]
     max_requests: Option<usize>,
-    /// Requests computed at the same time (default: the number of cores, at least 2).
+    /// Requests computed at the same time (default: twice the number of cores, at least 4);
+    /// a request waits only while all of them are busy.
     #[arg(long)]
     workers: Option<usize>,
     /// Largest request body in bytes; larger ones are answered 413.

@@ -122,7 +122,9 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            // more workers than cores: requests share the cores, so a short one runs beside
+            // long generations instead of waiting for one to finish
+            workers: std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4)),
             max_body_bytes: 8 << 20,
             read_timeout: Duration::from_secs(30),
             max_connections: 256,

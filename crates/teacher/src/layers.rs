@@ -138,6 +138,10 @@ pub fn causal_attention(
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(scale)
         .cast(DType::F32);
+    if t == 1 && pad.is_none() && window.is_none_or(|w| w >= tk) {
+        // one decoding step: the last position sees every cached key
+        return softmax(scores, 3).cast(dtype).matmul(v);
+    }
     // masked: keys after the query, or `window` or more positions before it
     let masked = |i: usize, j: usize| j > i + off || window.is_some_and(|w| i + off - j >= w);
     let causal = if off == 0 && window.is_none_or(|w| w >= t) {

@@ -157,12 +157,8 @@ impl Teacher {
         let off = cache.as_ref().map_or(0, |c| c.len);
         let rope = {
             // positions off..off + t (dynamic RoPE sizes its base for the whole length)
-            let (cos, sin) = self.rope.tables(off + t, &device);
-            let r = cos.dims()[1];
-            (
-                cos.slice([off..off + t, 0..r]).cast(dtype),
-                sin.slice([off..off + t, 0..r]).cast(dtype),
-            )
+            let (cos, sin) = self.rope.tables_at(off, t, &device);
+            (cos.cast(dtype), sin.cast(dtype))
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());

@@ -353,12 +353,18 @@ impl Rope {
     /// cos/sin tables `[t, dim]` for positions `0..t`, HF layout (frequencies repeated over
     /// both halves), times the attention factor.
     pub fn tables(&self, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        self.tables_at(0, t, device)
+    }
+
+    /// The rows `start..start + t` of [`Rope::tables`]`(start + t)`, computed alone (one
+    /// decoding step costs one row, not the whole prefix).
+    pub fn tables_at(&self, start: usize, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let dim = self.dim;
-        let inv_freq = self.inv_freq(t);
+        let inv_freq = self.inv_freq(start + t);
         let af = self.attention_factor() as f32;
         let mut cos = Vec::with_capacity(t * dim);
         let mut sin = Vec::with_capacity(t * dim);
-        for p in 0..t {
+        for p in start..start + t {
             let angles: Vec<f32> = inv_freq.iter().map(|f| f * p as f32).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos() * af));
