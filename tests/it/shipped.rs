@@ -713,3 +713,43 @@ fn kv_cache_decoding_matches_the_full_forward_for_every_architecture() {
     );
     assert!(worst < 1e-4, "{}", table.join("\n"));
 }
+
+#[test]
+fn experts_streamed_from_the_file_give_the_same_logits() {
+    let device = Device::flex();
+    for name in [
+        "qwen3_moe",
+        "mixtral",
+        "deepseek_v3",
+        "deepseek_v3_fp8",
+        "kimi_k2",
+        "glm4_moe",
+        "minimax_m2",
+    ] {
+        let (ids, _, t) = reference(name);
+        let loaded =
+            ember_teacher::load_teacher_with(&fixture(name), &device, DType::F32, Some(false))
+                .unwrap();
+        let streamed =
+            ember_teacher::load_teacher_with(&fixture(name), &device, DType::F32, Some(true))
+                .unwrap();
+        let a = forward(&loaded, &ids, 2, t, None);
+        let b = forward(&streamed, &ids, 2, t, None);
+        assert_eq!(a, b, "{name}: streamed experts differ from loaded ones");
+    }
+    // a missing expert tensor is still an error at load time, naming it
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("qwen3_moe");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let key = "model.layers.1.mlp.experts.3.down_proj.weight";
+    let views: Vec<(String, TensorView<'_>)> =
+        st.tensors().into_iter().filter(|(n, _)| n != key).collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let err = ember_teacher::load_teacher_with(dir.path(), &device, DType::F32, Some(true))
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains(key), "{err}");
+}

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
 
+use crate::weights::LazyTensor;
 use crate::{TeacherError, Weights};
 
 /// `y = x W^T + b` with `W` as stored by PyTorch (`[out, in]`), transposed once at load.
@@ -210,6 +211,67 @@ impl Mlp {
     }
 }
 
+/// A routed expert: in memory, or left in the checkpoint file and read each time tokens
+/// are routed to it ([`Weights::with_streamed_experts`]).
+pub enum Expert {
+    Loaded(Mlp),
+    Streamed {
+        gate: LazyTensor,
+        up: LazyTensor,
+        down: LazyTensor,
+    },
+}
+
+impl Expert {
+    /// The SwiGLU expert at `<prefix>.{names}` (gate, up, down).
+    pub fn load_named(
+        w: &Weights,
+        prefix: &str,
+        names: [&str; 3],
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Self, TeacherError> {
+        if !w.streams_experts() {
+            return Ok(Expert::Loaded(Mlp::load_named(
+                w, prefix, names, hidden, inter,
+            )?));
+        }
+        let key = |n: &str| format!("{prefix}.{n}.weight");
+        Ok(Expert::Streamed {
+            gate: w.lazy(&key(names[0]), [inter, hidden])?,
+            up: w.lazy(&key(names[1]), [inter, hidden])?,
+            down: w.lazy(&key(names[2]), [hidden, inter])?,
+        })
+    }
+
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Self, TeacherError> {
+        Self::load_named(
+            w,
+            prefix,
+            ["gate_proj", "up_proj", "down_proj"],
+            hidden,
+            inter,
+        )
+    }
+
+    /// `x: [n, hidden]`
+    pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Expert::Loaded(mlp) => mlp.forward2(x),
+            Expert::Streamed { gate, up, down } => {
+                let g = x.clone().matmul(gate.load().transpose());
+                let u = x.matmul(up.load().transpose());
+                (silu(g) * u).matmul(down.load().transpose())
+            }
+        }
+    }
+}
+
 /// Per token: the chosen experts and their mixing weights.
 pub struct Routing {
     pub experts: Vec<Vec<usize>>,
@@ -219,7 +281,7 @@ pub struct Routing {
 /// Run `x: [n, hidden]` through the routed experts and sum their weighted outputs.
 /// Tokens are grouped per expert on the host, so each expert runs one matmul over
 /// exactly the tokens routed to it.
-pub fn dispatch_experts(x: Tensor<2>, experts: &[Mlp], routing: &Routing) -> Tensor<2> {
+pub fn dispatch_experts(x: Tensor<2>, experts: &[Expert], routing: &Routing) -> Tensor<2> {
     let [n, d] = x.dims();
     let device = x.device();
     let mut per_expert: Vec<(Vec<i32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); experts.len()];

@@ -25,7 +25,7 @@ mod weights;
 pub use config::{Arch, Fp8Blocks, HfConfig};
 pub use distillkit::{CompressionConfig, ImportConfig, import_distillkit, unpack_bits};
 pub use error::TeacherError;
-pub use load::load_teacher;
+pub use load::{load_teacher, load_teacher_with};
 pub use model::{KvCache, Router, Teacher, grouped_routing, softmax_routing};
 pub use record::{
     LocalTeacher, LogitSource, RecordConfig, TopK, check_vocab, record, topk_logprobs,

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::layers::Mlp;
+use crate::layers::{Expert, Mlp};
 use crate::layers::{Linear, RmsNorm};
 use crate::model::{Attention, Layer, MoeBlock, Router, StandardAttention, Teacher};
 use crate::{
@@ -17,6 +17,18 @@ use crate::{
 /// (`DType::F32`, or `DType::BF16` to halve memory). Every tensor the architecture needs must be
 /// present with the right shape, and every tensor present must be used.
 pub fn load_teacher(dir: &Path, device: &Device, dtype: DType) -> Result<Teacher, TeacherError> {
+    load_teacher_with(dir, device, dtype, None)
+}
+
+/// [`load_teacher`], choosing where routed experts live: `Some(true)` leaves them in the
+/// checkpoint file (read when routed), `Some(false)` loads them, `None` decides by size (or
+/// by `EMBER_STREAM_EXPERTS`).
+pub fn load_teacher_with(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+    stream_experts: Option<bool>,
+) -> Result<Teacher, TeacherError> {
     let config_path = dir.join("config.json");
     let config = HfConfig::load(&config_path)?;
     let config_err = |message: String| TeacherError::Config {
@@ -25,6 +37,11 @@ pub fn load_teacher(dir: &Path, device: &Device, dtype: DType) -> Result<Teacher
     };
     let rope = config.rope().map_err(config_err)?;
     let w = Weights::open(dir, device, dtype)?.with_fp8(config.quantization().map_err(config_err)?);
+    let stream = match stream_experts {
+        Some(s) => s && config.num_experts().unwrap_or(0) > 0,
+        None => auto_stream_experts(&config, &w),
+    };
+    let w = w.with_streamed_experts(stream);
     let (v, h) = (config.vocab_size, config.hidden_size);
     let embed_tokens = w.get("model.embed_tokens.weight", [v, h])?;
     let layers = (0..config.num_hidden_layers)
@@ -201,7 +218,7 @@ pub(crate) fn sigmoid_moe(
     Ok(MoeBlock {
         gate: Linear::load(w, &format!("{prefix}.gate"), h, n, false)?,
         experts: (0..n)
-            .map(|e| Mlp::load(w, &format!("{prefix}.experts.{e}"), h, inter))
+            .map(|e| Expert::load(w, &format!("{prefix}.experts.{e}"), h, inter))
             .collect::<Result<_, _>>()?,
         shared_experts: if shared > 0 {
             Some(Mlp::load(
@@ -224,4 +241,36 @@ pub(crate) fn sigmoid_moe(
                 .unwrap_or(defaults.routed_scaling_factor) as f32,
         },
     })
+}
+
+/// Whether routed experts stay in the checkpoint file: `EMBER_STREAM_EXPERTS=1` or `0`
+/// decides; otherwise they do when the model converted to its compute dtype would take more
+/// than half of the machine's available memory (an MoE teacher larger than the machine).
+fn auto_stream_experts(config: &HfConfig, w: &Weights) -> bool {
+    let moe = config.num_experts().unwrap_or(0) > 0;
+    match std::env::var("EMBER_STREAM_EXPERTS").ok().as_deref() {
+        Some("1") => return moe,
+        Some("0") => return false,
+        _ => {}
+    }
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib * 1024)
+    });
+    // f32 compute doubles a bf16 checkpoint
+    let in_memory = w.file_bytes() * 2;
+    let stream = moe && available.is_some_and(|a| in_memory > a / 2);
+    if stream {
+        eprintln!(
+            "teacher: {:.1} GB of weights in f32 vs {:.1} GB available: routed experts stay in the checkpoint file and are read when routed (EMBER_STREAM_EXPERTS=0 to load them)",
+            in_memory as f64 / 1e9,
+            available.unwrap_or(0) as f64 / 1e9
+        );
+    }
+    stream
 }

@@ -4,7 +4,7 @@
 //! correction bias, top-k weights renormalised, no shared experts.
 //! Reference: transformers `models/minimax_m2/modeling_minimax_m2.py`.
 
-use crate::layers::{Linear, Mlp};
+use crate::layers::{Expert, Linear};
 use crate::load::{QkNorm, layer_with, standard_attention};
 use crate::model::{FeedForward, Layer, MoeBlock, Router};
 use crate::{HfConfig, TeacherError, Weights};
@@ -20,7 +20,9 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
     let ffn = FeedForward::Moe(MoeBlock {
         gate: Linear::load(w, &format!("{p}.gate"), h, n, false)?,
         experts: (0..n)
-            .map(|e| Mlp::load_named(w, &format!("{p}.experts.{e}"), ["w1", "w3", "w2"], h, inter))
+            .map(|e| {
+                Expert::load_named(w, &format!("{p}.experts.{e}"), ["w1", "w3", "w2"], h, inter)
+            })
             .collect::<Result<_, _>>()?,
         shared_experts: None,
         top_k: cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?,

@@ -3,7 +3,7 @@
 //! `w3` (up), `w2` (down). `sliding_window`, when set, limits attention to that many keys.
 //! Reference: transformers `models/mixtral/modeling_mixtral.py`.
 
-use crate::layers::{Linear, Mlp};
+use crate::layers::{Expert, Linear};
 use crate::load::{QkNorm, layer_with, standard_attention};
 use crate::model::{FeedForward, Layer, MoeBlock, Router};
 use crate::{HfConfig, TeacherError, Weights};
@@ -19,7 +19,9 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
     let ffn = FeedForward::Moe(MoeBlock {
         gate: Linear::load(w, &format!("{p}.gate"), h, n_experts, false)?,
         experts: (0..n_experts)
-            .map(|e| Mlp::load_named(w, &format!("{p}.experts.{e}"), ["w1", "w3", "w2"], h, inter))
+            .map(|e| {
+                Expert::load_named(w, &format!("{p}.experts.{e}"), ["w1", "w3", "w2"], h, inter)
+            })
             .collect::<Result<_, _>>()?,
         shared_experts: None,
         top_k: cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?,

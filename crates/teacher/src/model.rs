@@ -9,7 +9,7 @@ use burn::tensor::DType;
 use burn::tensor::activation::{sigmoid, softmax};
 
 use crate::layers::{
-    Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, causal_attention,
+    Expert, Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, causal_attention,
     dispatch_experts, repeat_kv, to_rows, topk_indices,
 };
 use crate::rope::Rope;
@@ -88,7 +88,7 @@ pub enum FeedForward {
 pub struct MoeBlock {
     /// Router `[hidden, experts]`.
     pub gate: Linear,
-    pub experts: Vec<Mlp>,
+    pub experts: Vec<Expert>,
     pub shared_experts: Option<Mlp>,
     pub top_k: usize,
     pub router: Router,

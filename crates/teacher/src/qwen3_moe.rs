@@ -3,7 +3,7 @@
 //! the `decoder_sparse_step` rhythm, keep a dense MLP.
 //! Reference: transformers `models/qwen3_moe/modeling_qwen3_moe.py`.
 
-use crate::layers::{Linear, Mlp};
+use crate::layers::{Expert, Linear, Mlp};
 use crate::load::{QkNorm, layer_with, standard_attention};
 use crate::model::{FeedForward, Layer, MoeBlock, Router};
 use crate::{HfConfig, TeacherError, Weights};
@@ -27,7 +27,7 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
         FeedForward::Moe(MoeBlock {
             gate: Linear::load(w, &format!("{p}.gate"), h, n_experts, false)?,
             experts: (0..n_experts)
-                .map(|e| Mlp::load(w, &format!("{p}.experts.{e}"), h, inter))
+                .map(|e| Expert::load(w, &format!("{p}.experts.{e}"), h, inter))
                 .collect::<Result<_, _>>()?,
             shared_experts: None,
             top_k: cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?,

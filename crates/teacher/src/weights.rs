@@ -1,9 +1,13 @@
 //! Memory-mapped safetensors checkpoints, single-file or sharded
 //! (`model.safetensors.index.json`), read tensor by tensor.
 //!
-//! Nothing is read up front but the headers: each tensor is converted from its file
-//! dtype (bf16/f16/f32) straight into the compute dtype when a layer asks for it, so
-//! peak memory is the model in its compute dtype plus one tensor.
+//! Nothing is read up front but the headers: each tensor is read (`pread`, so the file's
+//! pages are never mapped into the process) and converted from its file dtype
+//! (bf16/f16/f32/FP8) straight into the compute dtype when a layer asks for it, so peak
+//! memory is the model in its compute dtype plus one tensor. Routed experts can instead
+//! stay in the file ([`Weights::with_streamed_experts`]): they are then read each time
+//! tokens are routed to them and dropped after, so an MoE teacher larger than the
+//! machine's memory runs in the memory of its dense part.
 //!
 //! FP8 block-quantized checkpoints (DeepSeek-V3/R1, Kimi K2, MiniMax-M2): an `F8_E4M3`
 //! tensor `X.weight` `[rows, cols]` comes with a float32 `X.weight_scale_inv`
@@ -11,9 +15,10 @@
 //! `weight_dequant` does: `W[i, j] = fp8(W[i, j]) * scale_inv[i / b0, j / b1]` in float32
 //! (edge blocks are partial).
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -24,22 +29,57 @@ use crate::{Fp8Blocks, TeacherError};
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    file: std::fs::File,
     /// Offset of the data section (8-byte length + header).
     data_start: usize,
     metadata: Metadata,
 }
 
-/// A checkpoint directory opened for reading.
-pub struct Weights {
+/// The files of a checkpoint: what a tensor read needs, shared by [`Weights`] and the
+/// [`LazyTensor`]s of streamed experts.
+struct Files {
     dir: PathBuf,
     shards: Vec<Shard>,
     /// Tensor name -> shard.
     index: HashMap<String, usize>,
-    used: RefCell<BTreeSet<String>>,
+    fp8: Option<Fp8Blocks>,
+}
+
+/// A checkpoint directory opened for reading.
+pub struct Weights {
+    files: Arc<Files>,
+    used: Mutex<BTreeSet<String>>,
     device: Device,
     dtype: DType,
-    fp8: Option<Fp8Blocks>,
+    stream_experts: bool,
+}
+
+/// A 2-D weight left in the checkpoint file (checked: present, shaped, decodable), read
+/// into a tensor each time it is needed.
+#[derive(Clone)]
+pub struct LazyTensor {
+    files: Arc<Files>,
+    key: String,
+    shape: [usize; 2],
+    device: Device,
+    dtype: DType,
+}
+
+impl LazyTensor {
+    /// Read and convert the tensor now. The checkpoint was checked when this was made; a
+    /// file changed or removed since is a panic naming it.
+    pub fn load(&self) -> Tensor<2> {
+        let values = self
+            .files
+            .decode(&self.key, &self.shape)
+            .unwrap_or_else(|e| panic!("reading streamed expert weights: {e}"));
+        let t = Tensor::<2>::from_data(TensorData::new(values, self.shape), &self.device);
+        if self.dtype == DType::F32 {
+            t
+        } else {
+            t.cast(self.dtype)
+        }
+    }
 }
 
 /// float8 e4m3fn (no infinities; `S.1111.111` is NaN) to float32, exactly.
@@ -114,6 +154,8 @@ impl Weights {
                 path: path.clone(),
                 source,
             })?;
+            // the header is parsed from a read-only mapping, which also checks that every
+            // tensor lies within the file; tensor data is read with pread, not through it
             // SAFETY: read-only mapping of a checkpoint that is not modified while loaded.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|source| TeacherError::Io {
                 path: path.clone(),
@@ -124,32 +166,86 @@ impl Weights {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+            drop(mmap);
             for name in metadata.tensors().keys() {
                 index.insert(name.clone(), shards.len());
             }
             shards.push(Shard {
                 path,
-                mmap,
+                file,
                 data_start: 8 + header_len,
                 metadata,
             });
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
-            shards,
-            index,
-            used: RefCell::new(BTreeSet::new()),
+            files: Arc::new(Files {
+                dir: dir.to_path_buf(),
+                shards,
+                index,
+                fp8: None,
+            }),
+            used: Mutex::new(BTreeSet::new()),
             device: device.clone(),
             dtype,
-            fp8: None,
+            stream_experts: false,
         })
     }
 
     /// Read `F8_E4M3` tensors as block-quantized weights with these blocks
     /// (`quantization_config`); without it an FP8 tensor is an error.
     pub fn with_fp8(mut self, fp8: Option<Fp8Blocks>) -> Self {
-        self.fp8 = fp8;
+        Arc::get_mut(&mut self.files)
+            .expect("set before any tensor is handed out")
+            .fp8 = fp8;
         self
+    }
+
+    /// Leave routed experts in the file (see the module docs).
+    pub fn with_streamed_experts(mut self, stream: bool) -> Self {
+        self.stream_experts = stream;
+        self
+    }
+
+    pub fn streams_experts(&self) -> bool {
+        self.stream_experts
+    }
+
+    /// Bytes of all shards.
+    pub fn file_bytes(&self) -> u64 {
+        self.files
+            .shards
+            .iter()
+            .filter_map(|s| s.file.metadata().ok().map(|m| m.len()))
+            .sum()
+    }
+
+    /// `key` (`[rows, cols]`), checked now and read later, on each [`LazyTensor::load`].
+    pub fn lazy(&self, key: &str, shape: [usize; 2]) -> Result<LazyTensor, TeacherError> {
+        let info = self.files.info(key, &shape)?;
+        if info.dtype == Dtype::F8_E4M3 {
+            // check the scale now, so that loading later cannot fail on it
+            self.files.fp8_scale_shape(key, &shape)?;
+            self.mark_used(&format!("{key}_scale_inv"));
+        } else if !matches!(info.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+            let (_, path) = self.files.shard_of(key).expect("checked above");
+            return Err(TeacherError::Dtype {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                dtype: format!("{:?}", info.dtype),
+            });
+        }
+        self.mark_used(key);
+        Ok(LazyTensor {
+            files: self.files.clone(),
+            key: key.to_string(),
+            shape,
+            device: self.device.clone(),
+            dtype: self.dtype,
+        })
+    }
+
+    fn mark_used(&self, key: &str) {
+        self.used.lock().expect("used set").insert(key.to_string());
     }
 
     pub fn device(&self) -> &Device {
@@ -157,12 +253,12 @@ impl Weights {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.index.contains_key(key)
+        self.files.index.contains_key(key)
     }
 
     /// Shape of `key` as stored, if present.
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
-        let shard = &self.shards[*self.index.get(key)?];
+        let shard = &self.files.shards[*self.files.index.get(key)?];
         shard.metadata.info(key).map(|i| i.shape.clone())
     }
 
@@ -196,7 +292,42 @@ impl Weights {
 
     /// Raw values of `key` as f32 (shape-checked), for small tensors used on the host.
     pub fn read(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, TeacherError> {
-        let Some(&s) = self.index.get(key) else {
+        let values = self.files.decode(key, shape)?;
+        self.mark_used(key);
+        if self.files.info(key, shape)?.dtype == Dtype::F8_E4M3 {
+            self.mark_used(&format!("{key}_scale_inv"));
+        }
+        Ok(values)
+    }
+
+    /// Tensors present in the checkpoint that no layer asked for.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().expect("used set");
+        let mut v: Vec<String> = self
+            .files
+            .index
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Files {
+    fn shard_of(&self, key: &str) -> Option<(&Shard, &Path)> {
+        let shard = &self.shards[*self.index.get(key)?];
+        Some((shard, &shard.path))
+    }
+
+    /// The header entry of `key`, which must have exactly `shape`.
+    fn info(
+        &self,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<&safetensors::tensor::TensorInfo, TeacherError> {
+        let Some((shard, path)) = self.shard_of(key) else {
             return Err(TeacherError::MissingTensor {
                 dir: self.dir.clone(),
                 key: key.to_string(),
@@ -209,28 +340,40 @@ impl Weights {
                     .join(", "),
             });
         };
-        let shard = &self.shards[s];
         let info = shard.metadata.info(key).expect("indexed key has info");
         if info.shape != shape {
             return Err(TeacherError::ShapeMismatch {
-                path: shard.path.clone(),
+                path: path.to_path_buf(),
                 key: key.to_string(),
                 expected: shape.to_vec(),
                 found: info.shape.clone(),
             });
         }
+        Ok(info)
+    }
+
+    /// The bytes of `key` (shape-checked), read from its file.
+    fn bytes(&self, key: &str, shape: &[usize]) -> Result<(Vec<u8>, Dtype), TeacherError> {
+        let info = self.info(key, shape)?;
+        let (shard, path) = self.shard_of(key).expect("checked by info");
         let (a, b) = info.data_offsets;
-        let bytes = shard
-            .mmap
-            .get(shard.data_start + a..shard.data_start + b)
-            .ok_or_else(|| TeacherError::Safetensors {
-                path: shard.path.clone(),
-                message: format!(
-                    "tensor {key} lies beyond the end of the file (truncated download?)"
-                ),
+        let mut buf = vec![0u8; b - a];
+        shard
+            .file
+            .read_exact_at(&mut buf, (shard.data_start + a) as u64)
+            .map_err(|e| TeacherError::Safetensors {
+                path: path.to_path_buf(),
+                message: format!("reading tensor {key}: {e} (truncated or changed file?)"),
             })?;
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F8_E4M3 => self.dequantize_fp8(key, &shard.path, shape, bytes)?,
+        Ok((buf, info.dtype))
+    }
+
+    /// Values of `key` as float32: decoded from bf16/f16/f32, or FP8 blocks dequantized.
+    fn decode(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, TeacherError> {
+        let (bytes, dtype) = self.bytes(key, shape)?;
+        let path = || self.shard_of(key).expect("read above").1.to_path_buf();
+        Ok(match dtype {
+            Dtype::F8_E4M3 => self.dequantize_fp8(key, &path(), shape, &bytes)?,
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -245,27 +388,27 @@ impl Weights {
                 .collect(),
             other => {
                 return Err(TeacherError::Dtype {
-                    path: shard.path.clone(),
+                    path: path(),
                     key: key.to_string(),
                     dtype: format!("{other:?}"),
                 });
             }
-        };
-        self.used.borrow_mut().insert(key.to_string());
-        Ok(values)
+        })
     }
 
-    /// `fp8` bytes of `key` times its `weight_scale_inv` blocks, as float32.
-    fn dequantize_fp8(
+    /// The block layout of FP8 tensor `key` and the checked shape of its scale.
+    fn fp8_scale_shape(
         &self,
         key: &str,
-        path: &Path,
         shape: &[usize],
-        bytes: &[u8],
-    ) -> Result<Vec<f32>, TeacherError> {
+    ) -> Result<([usize; 2], [usize; 2]), TeacherError> {
+        let path = self
+            .shard_of(key)
+            .map(|s| s.1.to_path_buf())
+            .unwrap_or_default();
         let Some(Fp8Blocks { block: [b0, b1] }) = self.fp8 else {
             return Err(TeacherError::Safetensors {
-                path: path.to_path_buf(),
+                path,
                 message: format!(
                     "tensor {key} is F8_E4M3 but config.json has no quantization_config (quant_method \"fp8\", weight_block_size)"
                 ),
@@ -273,7 +416,7 @@ impl Weights {
         };
         let &[rows, cols] = shape else {
             return Err(TeacherError::Safetensors {
-                path: path.to_path_buf(),
+                path,
                 message: format!(
                     "FP8 tensor {key} has shape {shape:?}; only 2-D weights are block-quantized"
                 ),
@@ -281,17 +424,31 @@ impl Weights {
         };
         let scale_key = format!("{key}_scale_inv");
         let (sr, sc) = (rows.div_ceil(b0), cols.div_ceil(b1));
-        if !self.contains(&scale_key) {
+        if !self.index.contains_key(&scale_key) {
             return Err(TeacherError::Safetensors {
-                path: path.to_path_buf(),
+                path,
                 message: format!(
                     "FP8 tensor {key} has no {scale_key} (expected float32 [{sr}, {sc}] for blocks [{b0}, {b1}])"
                 ),
             });
         }
-        let scale = self.read(&scale_key, &[sr, sc])?;
+        self.info(&scale_key, &[sr, sc])?;
+        Ok(([b0, b1], [sr, sc]))
+    }
+
+    /// `fp8` bytes of `key` times its `weight_scale_inv` blocks, as float32.
+    fn dequantize_fp8(
+        &self,
+        key: &str,
+        _path: &Path,
+        shape: &[usize],
+        bytes: &[u8],
+    ) -> Result<Vec<f32>, TeacherError> {
+        let ([b0, b1], [sr, sc]) = self.fp8_scale_shape(key, shape)?;
+        let cols = shape[1];
+        let scale = self.decode(&format!("{key}_scale_inv"), &[sr, sc])?;
         let lut: Vec<f32> = (0..=255u8).map(f8_e4m3_to_f32).collect();
-        let mut out = Vec::with_capacity(rows * cols);
+        let mut out = Vec::with_capacity(bytes.len());
         for (i, row) in bytes.chunks_exact(cols).enumerate() {
             let srow = &scale[(i / b0) * sc..(i / b0 + 1) * sc];
             out.extend(
@@ -301,19 +458,6 @@ impl Weights {
             );
         }
         Ok(out)
-    }
-
-    /// Tensors present in the checkpoint that no layer asked for.
-    pub fn unused(&self) -> Vec<String> {
-        let used = self.used.borrow();
-        let mut v: Vec<String> = self
-            .index
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .cloned()
-            .collect();
-        v.sort();
-        v
     }
 }
 
