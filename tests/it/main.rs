@@ -159,3 +159,28 @@ pub fn kill_when(cwd: &Path, args: &[&str], marker: &Path, finished: &Path) {
         "the run finished before it could be killed"
     );
 }
+
+/// A safetensors tensor as owned parts: name, dtype, shape, bytes.
+pub type OwnedTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Copy the safetensors file `src` to `dst` with `edit` applied to its tensors.
+pub fn rewrite_safetensors(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<OwnedTensor>)) {
+    let bytes = std::fs::read(src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<OwnedTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, dst).unwrap();
+}

@@ -3,85 +3,48 @@
 
 use std::path::Path;
 
-use safetensors::SafeTensors;
-use safetensors::tensor::TensorView;
-
 use crate::teacher::fixture;
 use crate::{ember_err, ember_ok, small_dataset};
 
 /// `src/model.safetensors` rewritten into `dst` with every value of `key` (bf16) set to NaN.
 fn with_nan_tensor(src: &Path, dst: &Path, key: &str) {
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    let t = tensors.iter_mut().find(|(n, ..)| n == key).expect(key);
-    let nan: Vec<u8> = match t.1 {
-        safetensors::Dtype::BF16 => (0..t.3.len() / 2)
-            .flat_map(|_| half::bf16::NAN.to_le_bytes())
-            .collect(),
-        safetensors::Dtype::F32 => (0..t.3.len() / 4)
-            .flat_map(|_| f32::NAN.to_le_bytes())
-            .collect(),
-        other => panic!("{key}: {other:?}"),
-    };
-    t.3 = nan;
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
     std::fs::create_dir_all(dst).unwrap();
-    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+    crate::rewrite_safetensors(
+        &src.join("model.safetensors"),
+        &dst.join("model.safetensors"),
+        |tensors| {
+            let t = tensors.iter_mut().find(|(n, ..)| n == key).expect(key);
+            t.3 = match t.1 {
+                safetensors::Dtype::BF16 => (0..t.3.len() / 2)
+                    .flat_map(|_| half::bf16::NAN.to_le_bytes())
+                    .collect(),
+                safetensors::Dtype::F32 => (0..t.3.len() / 4)
+                    .flat_map(|_| f32::NAN.to_le_bytes())
+                    .collect(),
+                other => panic!("{key}: {other:?}"),
+            };
+        },
+    );
 }
 
 fn micro(ds: &str, out: &str, steps: &str, lr: &str) -> Vec<String> {
-    [
-        "train",
-        "--dataset",
-        ds,
-        "--out",
-        out,
-        "--max-steps",
-        steps,
-        "--set",
-        "model.hidden_size=32",
-        "--set",
-        "model.intermediate_size=64",
-        "--set",
-        "model.num_hidden_layers=2",
-        "--set",
-        "model.num_attention_heads=2",
-        "--set",
-        "model.num_key_value_heads=1",
-        "--set",
-        "model.head_dim=16",
-        "--set",
-        "train.batch_size=8",
+    let lr = format!("train.lr={lr}");
+    let mut args = crate::train::micro_args(ds, out, steps);
+    args.extend([
         "--set",
         "train.warmup_steps=1",
         "--set",
-        &format!("train.lr={lr}"),
+        &lr,
         "--set",
         "train.min_lr=1e-4",
-        "--set",
-        "train.log_every=1",
         "--set",
         "train.checkpoint_every=1",
         "--set",
         "train.keep_checkpoints=10",
         "--set",
-        "train.eval_every=0",
-        "--set",
         "train.grad_clip=0",
-        "--set",
-        "train.seed=5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ]);
+    args.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]

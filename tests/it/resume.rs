@@ -120,35 +120,19 @@ fn a_failed_prepare_keeps_the_old_dataset_and_a_new_one_leaves_no_stale_shards()
 }
 
 fn micro<'a>(ds: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "train",
-        "--dataset",
-        ds,
-        "--out",
-        "run",
-        "--max-steps",
-        "6",
-        "--set",
-        "model.hidden_size=32",
-        "--set",
-        "model.intermediate_size=64",
+    let mut v = crate::train::micro_args(ds, "run", "6");
+    v.extend([
         "--set",
         "model.num_hidden_layers=1",
         "--set",
-        "model.num_attention_heads=2",
-        "--set",
-        "model.num_key_value_heads=1",
-        "--set",
-        "model.head_dim=16",
-        "--set",
         "train.batch_size=4",
-        "--set",
-        "train.warmup_steps=1",
         "--set",
         "train.checkpoint_every=3",
         "--set",
-        "train.eval_every=0",
-    ];
+        "train.log_every=10",
+        "--set",
+        "train.warmup_steps=1",
+    ]);
     v.extend_from_slice(extra);
     v
 }
@@ -178,7 +162,7 @@ fn resume_refuses_a_damaged_state_json_and_a_changed_recipe() {
     // another learning rate: refused, naming the key and both values; the recipe file is kept
     let recipe = std::fs::read(dir.path().join("run/train_config.toml")).unwrap();
     let err = ember_err(dir.path(), &micro(&ds, &["--set", "train.lr=0.5"]));
-    assert!(err.contains("train.lr: 0.003 -> 0.5"), "{err}");
+    assert!(err.contains("train.lr: 0.01 -> 0.5"), "{err}");
     assert_eq!(
         std::fs::read(dir.path().join("run/train_config.toml")).unwrap(),
         recipe

@@ -570,26 +570,16 @@ fn every_math_field_is_honoured_or_refused() {
     assert!(failures.is_empty(), "{failures:?}\n{}", report.join("\n"));
 }
 
-/// Rewrite the FP8 fixture's safetensors with `edit` applied to the tensor map.
-fn fp8_variant(
-    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) -> tempfile::TempDir {
+/// The FP8 fixture with `edit` applied to its tensors.
+fn fp8_variant(edit: impl FnOnce(&mut Vec<crate::OwnedTensor>)) -> tempfile::TempDir {
     let src = fixture("deepseek_v3_fp8");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    crate::rewrite_safetensors(
+        &src.join("model.safetensors"),
+        &dir.path().join("model.safetensors"),
+        edit,
+    );
     dir
 }
 

@@ -2,8 +2,9 @@ use std::path::Path;
 
 use crate::{ember, ember_ok, kill_when, small_dataset};
 
-/// A micro student (d 32, 2 layers) on the 32-token test dataset.
-fn micro_args<'a>(ds: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+/// A micro student (d 32, 2 layers) on the 32-token test dataset; append `--set`s to
+/// change any of it (the last setting of a key wins).
+pub fn micro_args<'a>(ds: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![
         "train",
         "--dataset",

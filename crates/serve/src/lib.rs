@@ -409,10 +409,17 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
     })
 }
 
-async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+/// A request of one protocol, checked on the async side, run on a worker.
+trait Job: Sized + Send + 'static {
+    type Request: DeserializeOwned;
+    type Response: serde::Serialize + Send + 'static;
+    fn new(model: &ServedModel, req: Self::Request) -> Result<Self, BadRequest>;
+    fn run(self, model: &ServedModel) -> Self::Response;
+}
+
+async fn handle<J: Job>(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
-        let req: CompletionRequest = parse(body)?;
-        let job = CompletionJob::new(&app.model, req)?;
+        let job = J::new(&app.model, parse(body)?)?;
         app.compute(move |m| job.run(m)).await
     }
     .await;
@@ -423,18 +430,12 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
     }
 }
 
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    handle::<CompletionJob>(app, body).await
+}
+
 async fn generate(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let result = async {
-        let req: GenerateRequest = parse(body)?;
-        let job = GenerateJob::new(&app.model, req)?;
-        app.compute(move |m| job.run(m)).await
-    }
-    .await;
-    app.answered();
-    match result {
-        Ok(resp) => axum::Json(resp).into_response(),
-        Err(e) => e.into_response(),
-    }
+    handle::<GenerateJob>(app, body).await
 }
 
 /// Sampling settings of one request, checked.
@@ -628,7 +629,10 @@ struct CompletionJob {
     as_ids: bool,
 }
 
-impl CompletionJob {
+impl Job for CompletionJob {
+    type Request = CompletionRequest;
+    type Response = CompletionResponse;
+
     fn new(model: &ServedModel, req: CompletionRequest) -> Result<Self, BadRequest> {
         if let Some(m) = &req.model
             && *m != model.name
@@ -742,7 +746,10 @@ struct GenerateJob {
     start: usize,
 }
 
-impl GenerateJob {
+impl Job for GenerateJob {
+    type Request = GenerateRequest;
+    type Response = GenerateResponse;
+
     fn new(model: &ServedModel, req: GenerateRequest) -> Result<Self, BadRequest> {
         let ids = match (req.input_ids, req.text) {
             (Some(ids), _) => prompt_ids(model, Some(Prompt::Ids(ids)), "input_ids")?,

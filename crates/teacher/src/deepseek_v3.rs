@@ -6,9 +6,9 @@
 //! transformers' `DeepseekV3Config` defaults.
 //! Reference: transformers `models/deepseek_v3/modeling_deepseek_v3.py`.
 
-use crate::layers::{Linear, Mlp, RmsNorm};
-use crate::load::{MoeDefaults, layer_with, sigmoid_moe};
-use crate::model::{Attention, FeedForward, LatentAttention, Layer, QueryPath};
+use crate::layers::{Linear, RmsNorm};
+use crate::load::{MoeDefaults, first_k_dense_ffn, layer_with};
+use crate::model::{Attention, LatentAttention, Layer, QueryPath};
 use crate::{HfConfig, TeacherError, Weights};
 
 /// transformers' `DeepseekV3Config` defaults for the router fields.
@@ -22,21 +22,7 @@ const DEFAULTS: MoeDefaults = MoeDefaults {
 
 pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, TeacherError> {
     let attn = Attention::Latent(latent_attention(cfg, w, i)?);
-    let p = format!("model.layers.{i}.mlp");
-    let ffn = if i
-        >= cfg
-            .first_k_dense_replace
-            .unwrap_or(DEFAULTS.first_k_dense_replace)
-    {
-        FeedForward::Moe(sigmoid_moe(cfg, w, &p, &DEFAULTS)?)
-    } else {
-        FeedForward::Dense(Mlp::load(
-            w,
-            &p,
-            cfg.hidden_size,
-            cfg.need(cfg.intermediate_size, "intermediate_size")?,
-        )?)
-    };
+    let ffn = first_k_dense_ffn(cfg, w, i, &DEFAULTS)?;
     layer_with(cfg, w, i, attn, ffn)
 }
 

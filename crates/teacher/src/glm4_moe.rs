@@ -5,9 +5,8 @@
 //! Multi-token-prediction layers (past `num_hidden_layers`) are not used for next-token logits.
 //! Reference: transformers `models/glm4_moe/modeling_glm4_moe.py`.
 
-use crate::layers::Mlp;
-use crate::load::{MoeDefaults, QkNorm, layer_with, sigmoid_moe, standard_attention};
-use crate::model::{FeedForward, Layer};
+use crate::load::{MoeDefaults, QkNorm, first_k_dense_ffn, layer_with, standard_attention};
+use crate::model::Layer;
 use crate::{HfConfig, TeacherError, Weights};
 
 /// transformers' `Glm4MoeConfig` defaults for the router fields.
@@ -27,20 +26,6 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
         QkNorm::None
     };
     let attn = standard_attention(cfg, w, i, bias, false, qk_norm)?;
-    let p = format!("model.layers.{i}.mlp");
-    let ffn = if i
-        >= cfg
-            .first_k_dense_replace
-            .unwrap_or(DEFAULTS.first_k_dense_replace)
-    {
-        FeedForward::Moe(sigmoid_moe(cfg, w, &p, &DEFAULTS)?)
-    } else {
-        FeedForward::Dense(Mlp::load(
-            w,
-            &p,
-            cfg.hidden_size,
-            cfg.need(cfg.intermediate_size, "intermediate_size")?,
-        )?)
-    };
+    let ffn = first_k_dense_ffn(cfg, w, i, &DEFAULTS)?;
     layer_with(cfg, w, i, attn, ffn)
 }

@@ -167,6 +167,9 @@ pub fn causal_attention(
 }
 
 /// SwiGLU MLP `down(silu(gate(x)) * up(x))` at `<prefix>.{gate,up,down}_proj`.
+/// HF's names of the SwiGLU projections (gate, up, down).
+pub const MLP_NAMES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
 pub struct Mlp {
     pub gate: Linear,
     pub up: Linear,
@@ -180,13 +183,7 @@ impl Mlp {
         hidden: usize,
         inter: usize,
     ) -> Result<Self, TeacherError> {
-        Self::load_named(
-            w,
-            prefix,
-            ["gate_proj", "up_proj", "down_proj"],
-            hidden,
-            inter,
-        )
+        Self::load_named(w, prefix, MLP_NAMES, hidden, inter)
     }
 
     /// Same with other projection names (Mixtral experts use `w1`, `w3`, `w2`).
@@ -250,13 +247,7 @@ impl Expert {
         hidden: usize,
         inter: usize,
     ) -> Result<Self, TeacherError> {
-        Self::load_named(
-            w,
-            prefix,
-            ["gate_proj", "up_proj", "down_proj"],
-            hidden,
-            inter,
-        )
+        Self::load_named(w, prefix, MLP_NAMES, hidden, inter)
     }
 
     /// `x: [n, hidden]`

@@ -274,3 +274,30 @@ fn auto_stream_experts(config: &HfConfig, w: &Weights) -> bool {
     }
     stream
 }
+
+/// Layer `i`'s feed-forward in the DeepSeek layout: a dense MLP for the first
+/// `first_k_dense_replace` layers, the sigmoid-routed MoE after.
+pub(crate) fn first_k_dense_ffn(
+    cfg: &HfConfig,
+    w: &Weights,
+    i: usize,
+    defaults: &MoeDefaults,
+) -> Result<crate::model::FeedForward, TeacherError> {
+    use crate::model::FeedForward;
+    let p = format!("model.layers.{i}.mlp");
+    Ok(
+        if i >= cfg
+            .first_k_dense_replace
+            .unwrap_or(defaults.first_k_dense_replace)
+        {
+            FeedForward::Moe(sigmoid_moe(cfg, w, &p, defaults)?)
+        } else {
+            FeedForward::Dense(Mlp::load(
+                w,
+                &p,
+                cfg.hidden_size,
+                cfg.need(cfg.intermediate_size, "intermediate_size")?,
+            )?)
+        },
+    )
+}
