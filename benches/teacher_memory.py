@@ -19,7 +19,8 @@ p.add_argument("--dir", default="/tmp/ember-moe-8g")
 p.add_argument("--rows", type=int, default=128)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--seq", type=int, default=128)
-p.add_argument("--skip-transformers", action="store_true")
+p.add_argument("--runs", default="ember_streamed_f32,ember_loaded_bf16,transformers_bf16",
+               help="which of the runs to do, comma-separated")
 p.add_argument("--out", default=None)
 a = p.parse_args()
 
@@ -121,6 +122,8 @@ for label, extra, env in [
     ("ember_streamed_f32", ["--dtype", "f32"], {"EMBER_STREAM_EXPERTS": "1"}),
     ("ember_loaded_bf16", ["--dtype", "bf16"], {"EMBER_STREAM_EXPERTS": "0"}),
 ]:
+    if label not in a.runs.split(","):
+        continue
     out = os.path.join(a.dir, f"rec-{label}")
     subprocess.run(["rm", "-rf", out])
     secs, rss = measured([a.ember, "record", "--teacher", ckpt, "--data", ds, "--top-k", "8",
@@ -131,7 +134,7 @@ for label, extra, env in [
                               "tokens_per_s": round(a.rows * a.seq / secs, 1)}
     print(label, results["runs"][label], file=sys.stderr)
 
-if not a.skip_transformers:
+if "transformers_bf16" in a.runs.split(","):
     script = f"""
 import json, sys, time, torch, transformers as T, pyarrow.ipc as ipc, glob
 torch.set_num_threads({os.cpu_count()})
