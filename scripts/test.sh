@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up the Python reference environment (torch 2.9.0 + transformers,
-# once), the Mesa software Vulkan driver for the WGPU tests (apt, when missing and root),
+# once), the Mesa software Vulkan driver for the WGPU tests and openssl for the TLS test
+# (apt, when missing and root),
 # then runs every Rust test with the wgpu and tch backends compiled in.
 # EMBER_FEATURES overrides the backend features (e.g. EMBER_FEATURES= for the lean build).
 # Reuses a cargo target directory outside the clone.
@@ -22,6 +23,13 @@ if [[ ,$FEATURES, == *,wgpu,* ]] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /
   else
     echo "warning: no Vulkan driver; the WGPU test will fail (apt-get install mesa-vulkan-drivers libvulkan1)" >&2
   fi
+fi
+# the https remote-teacher test makes its certificates with openssl
+if ! command -v openssl >/dev/null; then
+  SUDO=""
+  [[ $(id -u) != 0 ]] && sudo -n true 2>/dev/null && SUDO="sudo -n"
+  echo "installing openssl for the TLS test" >&2
+  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openssl) >&2 || echo "warning: no openssl; the https test will fail" >&2
 fi
 # Mesa's Vulkan loader wants a runtime dir (else a harmless "XDG_RUNTIME_DIR is invalid" per test)
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
