@@ -301,3 +301,30 @@ pub(crate) fn first_k_dense_ffn(
         },
     )
 }
+
+/// Mixtral's `model.layers.{i}.block_sparse_moe` (also MiniMax-M2's): router `gate`, experts
+/// `experts.E.{w1, w3, w2}` of `intermediate_size`, routed by `router(n_experts)`.
+pub(crate) fn block_sparse_moe(
+    cfg: &HfConfig,
+    w: &Weights,
+    i: usize,
+    router: impl FnOnce(&str, usize) -> Result<Router, TeacherError>,
+) -> Result<MoeBlock, TeacherError> {
+    let p = format!("model.layers.{i}.block_sparse_moe");
+    let (h, inter) = (
+        cfg.hidden_size,
+        cfg.need(cfg.intermediate_size, "intermediate_size")?,
+    );
+    let n = cfg.need(cfg.num_experts(), "num_local_experts")?;
+    Ok(MoeBlock {
+        gate: Linear::load(w, &format!("{p}.gate"), h, n, false)?,
+        experts: (0..n)
+            .map(|e| {
+                Expert::load_named(w, &format!("{p}.experts.{e}"), ["w1", "w3", "w2"], h, inter)
+            })
+            .collect::<Result<_, _>>()?,
+        shared_experts: None,
+        top_k: cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?,
+        router: router(&p, n)?,
+    })
+}
