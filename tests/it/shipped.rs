@@ -452,6 +452,12 @@ fn every_math_field_is_honoured_or_refused() {
         ),
         (
             "minimax_m2",
+            "minimax residual scaling",
+            set("layernorm_mlp_beta", json!(0.5)),
+            Refused("layernorm_mlp_beta 0.5"),
+        ),
+        (
+            "minimax_m2",
             "minimax shared experts",
             set("shared_intermediate_size", json!(64)),
             Refused("shared_intermediate_size 64"),

@@ -310,6 +310,17 @@ impl HfConfig {
                     return Err("use_routing_bias false is not supported by minimax_m2".into());
                 }
                 refuse_num_unless("shared_intermediate_size", 0.0)?;
+                // MiniMax-Text-01's residual scalings and post-norm; M2 ships 1.0 / false
+                for beta in [
+                    "layernorm_full_attention_beta",
+                    "layernorm_linear_attention_beta",
+                    "layernorm_mlp_beta",
+                ] {
+                    refuse_num_unless(beta, 1.0)?;
+                }
+                if self.raw.get("postnorm").and_then(|v| v.as_bool()) == Some(true) {
+                    return Err("postnorm true is not supported by minimax_m2".into());
+                }
                 if let Some(list) = self.raw.get("attn_type_list").and_then(|v| v.as_array())
                     && list.iter().any(|v| v.as_i64() != Some(1))
                 {
