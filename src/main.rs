@@ -1,6 +1,17 @@
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
+    quiet_on_closed_pipe();
     ember_cli::main()
+}
+
+/// `ember generate | head`: when the reader goes away, end quietly like other Unix tools
+/// instead of panicking in `println!` (Rust ignores SIGPIPE by default).
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Training allocates and frees the same large buffers (activations, logits chunks,

@@ -140,6 +140,26 @@ fn loss_falls_from_uniform_and_beats_the_unigram_baseline() {
         text.starts_with("Call me") && text.len() > "Call me".len() + 5,
         "{text:?}"
     );
+    // `ember generate | head -c 0`: a reader that has gone away ends the run quietly
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "generate",
+            "--model",
+            "run/model",
+            "--prompt",
+            "Call me",
+            "--max-new-tokens",
+            "40",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
