@@ -129,11 +129,61 @@ fn the_server_enforces_body_size_read_time_and_sampling_limits() {
             r#"{"input_ids": [1, 2], "logprob_start_len": 9}"#,
             "logprob_start_len 9",
         ),
+        // settings engines honour and this server does not: refused, not ignored
+        (
+            "/v1/completions",
+            r#"{"prompt": [1, 2], "echo": true}"#,
+            "echo = true is not supported",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": [1, 2], "stream": true}"#,
+            "stream = true is not supported",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": [1, 2], "stop": ["the"]}"#,
+            "stop = ",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": [1, 2], "presence_penalty": 0.5}"#,
+            "presence_penalty = Some(0.5)",
+        ),
+        (
+            "/generate",
+            r#"{"input_ids": [1, 2], "sampling_params": {"repetition_penalty": 1.2}}"#,
+            "repetition_penalty = Some(1.2)",
+        ),
+        (
+            "/generate",
+            r#"{"input_ids": [1, 2], "stream": true}"#,
+            "stream = true is not supported",
+        ),
     ] {
         let (status, text) = post(&url, path, body);
         assert_eq!(status, 400, "{body}: {text}");
         assert!(text.contains(needle), "{body}: {text}");
     }
+
+    // their defaults, as OpenAI clients send them, are accepted
+    let (status, text) = post(
+        &url,
+        "/v1/completions",
+        r#"{"prompt": [1, 2], "max_tokens": 1, "stream": false, "stop": null, "presence_penalty": 0, "frequency_penalty": 0, "echo": false}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    // SGLang's sampling_seed is honoured: the same seed samples the same tokens
+    let sample = |seed: u64| {
+        let body = format!(
+            r#"{{"input_ids": [1, 2], "sampling_params": {{"max_new_tokens": 20, "temperature": 1.0, "sampling_seed": {seed}}}}}"#
+        );
+        let (status, text) = post(&url, "/generate", &body);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["output_ids"].clone()
+    };
+    assert_eq!(sample(7), sample(7));
+    assert_ne!(sample(7), sample(8));
 
     // an idle connection and one that stops mid-body are both closed after the read timeout
     let idle = TcpStream::connect(host(&url)).unwrap();

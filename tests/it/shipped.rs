@@ -282,6 +282,39 @@ fn every_math_field_is_honoured_or_refused() {
             ),
             Changes,
         ),
+        (
+            "llama",
+            "partial_rotary_factor inside a legacy rope_scaling",
+            set(
+                "rope_scaling",
+                json!({"type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}),
+            ),
+            Refused("partial_rotary_factor 0.5"),
+        ),
+        (
+            "llama",
+            "zero rope_theta",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("rope_parameters");
+                c["rope_theta"] = json!(0.0);
+            }),
+            Refused("rope_theta = 0 must be a positive number"),
+        ),
+        (
+            "llama",
+            "zero linear factor",
+            set("rope_scaling", json!({"type": "linear", "factor": 0})),
+            Refused("factor = 0 must be a positive number"),
+        ),
+        (
+            "llama",
+            "llama3 with equal low and high frequency factors",
+            set(
+                "rope_scaling",
+                json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0, "original_max_position_embeddings": 8}),
+            ),
+            Refused("equals low_freq_factor"),
+        ),
         // norms, activations, biases, embeddings
         (
             "llama",
@@ -748,4 +781,32 @@ fn experts_streamed_from_the_file_give_the_same_logits() {
         .expect("must fail")
         .to_string();
     assert!(err.contains(key), "{err}");
+}
+
+#[test]
+fn an_unknown_stream_experts_setting_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = crate::small_dataset().to_str().unwrap().to_string();
+    let teacher = crate::record::teacher_dir(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "record",
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--data",
+            &ds,
+            "--out",
+            "rec",
+            "--max-rows",
+            "2",
+        ])
+        .current_dir(dir.path())
+        .env("EMBER_STREAM_EXPERTS", "yes")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("EMBER_STREAM_EXPERTS=\"yes\""),
+        "{err}"
+    );
 }

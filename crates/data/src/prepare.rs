@@ -310,7 +310,13 @@ impl StagedDataset {
         if self.out.exists() {
             std::fs::rename(&self.out, &old).map_err(io(&self.out))?;
         }
-        std::fs::rename(&self.dir, &self.out).map_err(io(&self.out))?;
+        if let Err(e) = std::fs::rename(&self.dir, &self.out) {
+            // put the old dataset back where it was
+            if old.exists() {
+                let _ = std::fs::rename(&old, &self.out);
+            }
+            return Err(io(&self.out)(e));
+        }
         self.done = true;
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io(&old))?;

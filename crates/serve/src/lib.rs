@@ -35,7 +35,7 @@ use ember_student::{GenerateConfig, sample_next};
 use ember_teacher::protocol::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, ErrorBody,
     FinishReason, GenerateRequest, GenerateResponse, MetaInfo, Prompt, PromptLogprob, TokenLogprob,
-    Usage,
+    UnsupportedSampling, Usage,
 };
 use ember_teacher::{Teacher, TeacherError, load_teacher};
 use rand::SeedableRng;
@@ -490,6 +490,15 @@ impl Sampling {
     }
 }
 
+/// A sampling setting this server does not implement, given with a non-default value, is a
+/// 400 naming it (never silently ignored).
+fn refuse_unsupported(u: &UnsupportedSampling) -> Result<(), BadRequest> {
+    match u.first_set() {
+        Some(setting) => Err(bad(format!("{setting} is not supported by this server"))),
+        None => Ok(()),
+    }
+}
+
 /// Token ids from ids, or text through the model's tokenizer; `key` names the field.
 fn prompt_ids(
     model: &ServedModel,
@@ -646,12 +655,16 @@ impl Job for CompletionJob {
             ));
         }
         let ids = prompt_ids(model, req.prompt, "prompt")?;
-        let echo = req.echo.unwrap_or(false);
+        if req.echo == Some(true) {
+            return Err(bad(
+                "echo = true is not supported: the completion text is the generated tokens only",
+            ));
+        }
+        refuse_unsupported(&req.unsupported)?;
         let max_tokens = req.max_tokens.unwrap_or(16) as usize;
-        if max_tokens == 0 && !echo {
+        if max_tokens == 0 {
             return Err(bad("max_tokens must be at least 1, got 0."));
         }
-        let max_tokens = max_tokens.max(1);
         check_len(model, ids.len(), max_tokens, "max_tokens")?;
         Ok(Self {
             sampling: Sampling::new(req.temperature, req.top_p, req.top_k, req.n, req.seed)?,
@@ -756,6 +769,10 @@ impl Job for GenerateJob {
             (None, text) => prompt_ids(model, text.map(Prompt::Text), "text")?,
         };
         let p = &req.sampling_params;
+        refuse_unsupported(&p.unsupported)?;
+        if req.stream == Some(true) {
+            return Err(bad("stream = true is not supported by this server"));
+        }
         let max_new = p.max_new_tokens.unwrap_or(16) as usize;
         if max_new == 0 {
             return Err(bad(
@@ -771,7 +788,7 @@ impl Job for GenerateJob {
             )));
         }
         Ok(Self {
-            sampling: Sampling::new(p.temperature, p.top_p, p.top_k, p.n, None)?,
+            sampling: Sampling::new(p.temperature, p.top_p, p.top_k, p.n, p.sampling_seed)?,
             return_logprob: req.return_logprob.unwrap_or(false),
             k: check_k(model, "top_logprobs_num", req.top_logprobs_num)?.unwrap_or(0),
             ids,

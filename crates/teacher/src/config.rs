@@ -248,25 +248,23 @@ impl HfConfig {
         if self.mlp_bias == Some(true) {
             return Err("mlp_bias true is not supported (bias on the MLP projections)".into());
         }
-        // partial rotation: only GLM-4.5 and MiniMax-M2 rotate part of each head in transformers
-        let partial = self.partial_rotary_factor.or_else(|| {
-            self.rope_parameters
-                .as_ref()?
-                .get("partial_rotary_factor")?
-                .as_f64()
-        });
+        // partial rotation: only GLM-4.5 and MiniMax-M2 rotate part of each head in
+        // transformers; the merged settings tell, whichever spelling carried the factor
+        let rope = self.rope()?;
         if !matches!(arch, Arch::Glm4Moe | Arch::MiniMaxM2) {
-            if let Some(p) = partial.filter(|p| *p != 1.0) {
-                return Err(format!(
-                    "partial_rotary_factor {p} is not used by transformers' {} model; refusing it rather than ignoring it",
-                    self.model_type
-                ));
-            }
             if let Some(r) = self.rotary_dim {
                 return Err(format!("rotary_dim {r} is only read for minimax_m2"));
             }
+            if rope.dim != self.rope_head_dim() {
+                return Err(format!(
+                    "partial_rotary_factor {} (rotating {} of {} dims per head) is not used by transformers' {} model; refusing it rather than ignoring it",
+                    rope.dim as f64 / self.rope_head_dim() as f64,
+                    rope.dim,
+                    self.rope_head_dim(),
+                    self.model_type
+                ));
+            }
         }
-        self.rope()?;
         self.quantization()?;
         // router and layer-layout settings transformers does not read, whose other values
         // would mean another model
@@ -415,11 +413,15 @@ impl HfConfig {
             Some(self.rope_theta()),
             partial,
         )?;
-        let head_dim = match self.arch {
+        Rope::from_settings(&map, self.rope_head_dim(), self.max_position_embeddings)
+    }
+
+    /// Dims per head that RoPE applies to before any partial factor (MLA: the decoupled slice).
+    fn rope_head_dim(&self) -> usize {
+        match self.arch {
             Arch::DeepseekV3 | Arch::KimiK2 => self.qk_rope_head_dim.unwrap_or(64),
             _ => self.head_dim(),
-        };
-        Rope::from_settings(&map, head_dim, self.max_position_embeddings)
+        }
     }
 
     /// Block-quantized weights, from `quantization_config`; other methods are refused.

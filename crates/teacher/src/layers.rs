@@ -166,10 +166,10 @@ pub fn causal_attention(
         .matmul(v)
 }
 
-/// SwiGLU MLP `down(silu(gate(x)) * up(x))` at `<prefix>.{gate,up,down}_proj`.
 /// HF's names of the SwiGLU projections (gate, up, down).
 pub const MLP_NAMES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 
+/// SwiGLU MLP `down(silu(gate(x)) * up(x))` at `<prefix>.{gate,up,down}_proj`.
 pub struct Mlp {
     pub gate: Linear,
     pub up: Linear,

@@ -39,7 +39,7 @@ pub fn load_teacher_with(
     let w = Weights::open(dir, device, dtype)?.with_fp8(config.quantization().map_err(config_err)?);
     let stream = match stream_experts {
         Some(s) => s && config.num_experts().unwrap_or(0) > 0,
-        None => auto_stream_experts(&config, &w),
+        None => auto_stream_experts(&config, &w)?,
     };
     let w = w.with_streamed_experts(stream);
     let (v, h) = (config.vocab_size, config.hidden_size);
@@ -246,12 +246,17 @@ pub(crate) fn sigmoid_moe(
 /// Whether routed experts stay in the checkpoint file: `EMBER_STREAM_EXPERTS=1` or `0`
 /// decides; otherwise they do when the model converted to its compute dtype would take more
 /// than half of the machine's available memory (an MoE teacher larger than the machine).
-fn auto_stream_experts(config: &HfConfig, w: &Weights) -> bool {
+fn auto_stream_experts(config: &HfConfig, w: &Weights) -> Result<bool, TeacherError> {
     let moe = config.num_experts().unwrap_or(0) > 0;
     match std::env::var("EMBER_STREAM_EXPERTS").ok().as_deref() {
-        Some("1") => return moe,
-        Some("0") => return false,
-        _ => {}
+        Some("1") => return Ok(moe),
+        Some("0") => return Ok(false),
+        None | Some("") => {}
+        Some(other) => {
+            return Err(TeacherError::Invalid(format!(
+                "EMBER_STREAM_EXPERTS={other:?}: use 1 (experts stay in the file) or 0 (loaded)"
+            )));
+        }
     }
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
@@ -272,7 +277,7 @@ fn auto_stream_experts(config: &HfConfig, w: &Weights) -> bool {
             available.unwrap_or(0) as f64 / 1e9
         );
     }
-    stream
+    Ok(stream)
 }
 
 /// Layer `i`'s feed-forward in the DeepSeek layout: a dense MLP for the first

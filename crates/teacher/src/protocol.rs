@@ -51,6 +51,97 @@ pub struct CompletionRequest {
     /// vLLM extension: key log-probabilities by `token_id:<id>` instead of the decoded text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_tokens_as_token_ids: Option<bool>,
+    /// Settings engines honour that Ember's server does not: read so that a non-default
+    /// value is refused rather than ignored.
+    #[serde(flatten)]
+    pub unsupported: UnsupportedSampling,
+}
+
+/// Sampling settings of the OpenAI/vLLM and SGLang APIs that `ember serve` does not
+/// implement; only their defaults are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnsupportedSampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_token_ids: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_new_tokens: Option<u64>,
+}
+
+impl UnsupportedSampling {
+    /// The first setting given with a value other than its default, as `name = value`.
+    pub fn first_set(&self) -> Option<String> {
+        let empty = |v: &Option<serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => true,
+            Some(serde_json::Value::Array(a)) => a.is_empty(),
+            Some(serde_json::Value::Object(o)) => o.is_empty(),
+            Some(serde_json::Value::String(s)) => s.is_empty(),
+            Some(_) => false,
+        };
+        let checks: [(&str, bool, String); 10] = [
+            ("stream", self.stream == Some(true), "true".into()),
+            ("stop", !empty(&self.stop), format!("{:?}", self.stop)),
+            (
+                "stop_token_ids",
+                !empty(&self.stop_token_ids),
+                format!("{:?}", self.stop_token_ids),
+            ),
+            (
+                "presence_penalty",
+                self.presence_penalty.is_some_and(|x| x != 0.0),
+                format!("{:?}", self.presence_penalty),
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty.is_some_and(|x| x != 0.0),
+                format!("{:?}", self.frequency_penalty),
+            ),
+            (
+                "repetition_penalty",
+                self.repetition_penalty.is_some_and(|x| x != 1.0),
+                format!("{:?}", self.repetition_penalty),
+            ),
+            (
+                "logit_bias",
+                !empty(&self.logit_bias),
+                format!("{:?}", self.logit_bias),
+            ),
+            (
+                "best_of",
+                self.best_of.is_some_and(|x| x != 1),
+                format!("{:?}", self.best_of),
+            ),
+            (
+                "min_tokens",
+                self.min_tokens.is_some_and(|x| x != 0),
+                format!("{:?}", self.min_tokens),
+            ),
+            (
+                "min_new_tokens",
+                self.min_new_tokens.is_some_and(|x| x != 0),
+                format!("{:?}", self.min_new_tokens),
+            ),
+        ];
+        checks
+            .into_iter()
+            .find(|(_, set, _)| *set)
+            .map(|(name, _, value)| format!("{name} = {value}"))
+    }
 }
 
 /// One entry of vLLM's `prompt_logprobs`.
@@ -117,6 +208,11 @@ pub struct SamplingParams {
     pub top_k: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u64>,
+    /// SGLang's per-request seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_seed: Option<u64>,
+    #[serde(flatten)]
+    pub unsupported: UnsupportedSampling,
 }
 
 /// SGLang `POST /generate`.
@@ -135,6 +231,8 @@ pub struct GenerateRequest {
     pub logprob_start_len: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_logprobs_num: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
 }
 
 /// SGLang's `[logprob, token_id, text]`; the logprob is null for the first prompt token.

@@ -100,6 +100,18 @@ fn need(map: &Map<String, Value>, key: &str, rope_type: &str) -> Result<f64, Str
     num(map, key)?.ok_or_else(|| format!("rope_type {rope_type:?} needs rope setting {key}"))
 }
 
+/// `value` of rope setting `key`, which must be a positive finite number (a zero or negative
+/// base, factor or length makes the frequencies infinite or NaN).
+fn positive(key: &str, value: f64) -> Result<f64, String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "rope setting {key} = {value} must be a positive number"
+        ))
+    }
+}
+
 /// transformers' `get_mscale`: 1 for `scale <= 1`, else `0.1 * mscale * ln(scale) + 1`.
 pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
     if scale <= 1.0 {
@@ -138,21 +150,7 @@ impl Rope {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("rope_type {} is not a string", map["rope_type"]))?
             .to_string();
-        if !matches!(
-            rope_type.as_str(),
-            "default" | "linear" | "dynamic" | "yarn" | "llama3"
-        ) {
-            return Err(format!(
-                "rope_type {rope_type:?} is not supported (supported: default, linear, dynamic, yarn, llama3)"
-            ));
-        }
-        if let Some(k) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(format!(
-                "rope setting {k} = {} is not implemented by Ember",
-                map[k]
-            ));
-        }
-        let theta = need(map, "rope_theta", &rope_type)?;
+        let theta = positive("rope_theta", need(map, "rope_theta", &rope_type)?)?;
         let partial = num(map, "partial_rotary_factor")?.unwrap_or(1.0);
         if !(partial > 0.0 && partial <= 1.0) {
             return Err(format!("partial_rotary_factor {partial} is outside (0, 1]"));
@@ -165,26 +163,32 @@ impl Rope {
         }
         let original = |map: &Map<String, Value>| -> Result<usize, String> {
             match num(map, "original_max_position_embeddings")? {
-                Some(v) => Ok(v as usize),
+                Some(v) => Ok(positive("original_max_position_embeddings", v)? as usize),
                 // transformers fills it in from max_position_embeddings
                 None => max_position_embeddings.ok_or_else(|| {
                     format!("rope_type {rope_type:?} needs original_max_position_embeddings")
                 }),
             }
         };
+        let factor = || positive("factor", need(map, "factor", &rope_type)?);
         let scaling = match rope_type.as_str() {
             "default" => RopeScaling::Default,
-            "linear" => RopeScaling::Linear {
-                factor: need(map, "factor", &rope_type)?,
-            },
-            "dynamic" => RopeScaling::Dynamic {
-                factor: need(map, "factor", &rope_type)?,
-                max_position_embeddings: max_position_embeddings.ok_or_else(|| {
-                    "rope_type \"dynamic\" needs max_position_embeddings".to_string()
-                })?,
-            },
+            "linear" => RopeScaling::Linear { factor: factor()? },
+            "dynamic" => {
+                if dim <= 2 {
+                    return Err(format!(
+                        "rope_type \"dynamic\" needs a rotary dimension above 2, got {dim}"
+                    ));
+                }
+                RopeScaling::Dynamic {
+                    factor: factor()?,
+                    max_position_embeddings: max_position_embeddings.ok_or_else(|| {
+                        "rope_type \"dynamic\" needs max_position_embeddings".to_string()
+                    })?,
+                }
+            }
             "yarn" => {
-                let factor = need(map, "factor", &rope_type)?;
+                let factor = factor()?;
                 let mscale = num(map, "mscale")?;
                 let mscale_all_dim = num(map, "mscale_all_dim")?;
                 let attention_factor = match num(map, "attention_factor")? {
@@ -201,8 +205,8 @@ impl Rope {
                 RopeScaling::Yarn {
                     factor,
                     original_max_position_embeddings: original(map)?,
-                    beta_fast: or(num(map, "beta_fast")?, 32.0),
-                    beta_slow: or(num(map, "beta_slow")?, 1.0),
+                    beta_fast: positive("beta_fast", or(num(map, "beta_fast")?, 32.0))?,
+                    beta_slow: positive("beta_slow", or(num(map, "beta_slow")?, 1.0))?,
                     attention_factor,
                     truncate: match map.get("truncate") {
                         None | Some(Value::Null) => true,
@@ -213,18 +217,37 @@ impl Rope {
                     },
                 }
             }
-            "llama3" => RopeScaling::Llama3 {
-                factor: need(map, "factor", &rope_type)?,
-                low_freq_factor: need(map, "low_freq_factor", &rope_type)?,
-                high_freq_factor: need(map, "high_freq_factor", &rope_type)?,
-                original_max_position_embeddings: original(map)?,
-            },
+            "llama3" => {
+                let low = positive("low_freq_factor", need(map, "low_freq_factor", &rope_type)?)?;
+                let high = positive(
+                    "high_freq_factor",
+                    need(map, "high_freq_factor", &rope_type)?,
+                )?;
+                if high == low {
+                    return Err(format!(
+                        "llama3 rope: high_freq_factor {high} equals low_freq_factor {low} (the smoothing divides by their difference)"
+                    ));
+                }
+                RopeScaling::Llama3 {
+                    factor: factor()?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: original(map)?,
+                }
+            }
             other => {
                 return Err(format!(
                     "rope_type {other:?} is not supported (supported: default, linear, dynamic, yarn, llama3)"
                 ));
             }
         };
+        // checked once the type is known to be supported, so an unsupported type is named as such
+        if let Some(k) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(format!(
+                "rope setting {k} = {} is not implemented by Ember",
+                map[k]
+            ));
+        }
         Ok(Self {
             dim,
             theta,

@@ -69,7 +69,7 @@ impl LazyTensor {
     /// Read and convert the tensor now. The checkpoint was checked when this was made; a
     /// file changed or removed since is a panic naming it.
     pub fn load(&self) -> Tensor<2> {
-        let values = self
+        let (values, _) = self
             .files
             .decode(&self.key, &self.shape)
             .unwrap_or_else(|e| panic!("reading streamed expert weights: {e}"));
@@ -292,9 +292,9 @@ impl Weights {
 
     /// Raw values of `key` as f32 (shape-checked), for small tensors used on the host.
     pub fn read(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, TeacherError> {
-        let values = self.files.decode(key, shape)?;
+        let (values, dtype) = self.files.decode(key, shape)?;
         self.mark_used(key);
-        if self.files.info(key, shape)?.dtype == Dtype::F8_E4M3 {
+        if dtype == Dtype::F8_E4M3 {
             self.mark_used(&format!("{key}_scale_inv"));
         }
         Ok(values)
@@ -368,12 +368,13 @@ impl Files {
         Ok((buf, info.dtype))
     }
 
-    /// Values of `key` as float32: decoded from bf16/f16/f32, or FP8 blocks dequantized.
-    fn decode(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, TeacherError> {
+    /// Values of `key` as float32 (decoded from bf16/f16/f32, or FP8 blocks dequantized),
+    /// and the dtype it is stored in.
+    fn decode(&self, key: &str, shape: &[usize]) -> Result<(Vec<f32>, Dtype), TeacherError> {
         let (bytes, dtype) = self.bytes(key, shape)?;
         let path = || self.shard_of(key).expect("read above").1.to_path_buf();
-        Ok(match dtype {
-            Dtype::F8_E4M3 => self.dequantize_fp8(key, &path(), shape, &bytes)?,
+        let values = match dtype {
+            Dtype::F8_E4M3 => self.dequantize_fp8(key, shape, &bytes)?,
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -393,7 +394,8 @@ impl Files {
                     dtype: format!("{other:?}"),
                 });
             }
-        })
+        };
+        Ok((values, dtype))
     }
 
     /// The block layout of FP8 tensor `key` and the checked shape of its scale.
@@ -440,13 +442,12 @@ impl Files {
     fn dequantize_fp8(
         &self,
         key: &str,
-        _path: &Path,
         shape: &[usize],
         bytes: &[u8],
     ) -> Result<Vec<f32>, TeacherError> {
         let ([b0, b1], [sr, sc]) = self.fp8_scale_shape(key, shape)?;
         let cols = shape[1];
-        let scale = self.decode(&format!("{key}_scale_inv"), &[sr, sc])?;
+        let (scale, _) = self.decode(&format!("{key}_scale_inv"), &[sr, sc])?;
         let lut: Vec<f32> = (0..=255u8).map(f8_e4m3_to_f32).collect();
         let mut out = Vec::with_capacity(bytes.len());
         for (i, row) in bytes.chunks_exact(cols).enumerate() {
@@ -467,7 +468,6 @@ impl Files {
 /// retrained or replaced in place, which neither the config hash nor the header sees.
 pub fn fingerprint(dir: &Path) -> Result<String, TeacherError> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| TeacherError::Io {
             path: dir.to_path_buf(),
@@ -483,27 +483,24 @@ pub fn fingerprint(dir: &Path) -> Result<String, TeacherError> {
             path: path.clone(),
             source,
         };
-        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let f = std::fs::File::open(&path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         let mut len = [0u8; 8];
-        f.read_exact(&mut len).map_err(io)?;
+        f.read_exact_at(&mut len, 0).map_err(io)?;
         let n = u64::from_le_bytes(len)
             .min(size.saturating_sub(8))
             .min(100 << 20);
         let mut header = vec![0u8; n as usize];
-        f.read_exact(&mut header).map_err(io)?;
+        f.read_exact_at(&mut header, 8).map_err(io)?;
         hash.update(path.file_name().unwrap_or_default().as_encoded_bytes());
         hash.update(size.to_le_bytes());
         hash.update(&header);
-        use std::io::{Seek, SeekFrom};
         let (start, data) = (8 + n, size.saturating_sub(8 + n));
-        let mut block = vec![0u8; 4096];
+        let mut block = vec![0u8; 4096.min(data) as usize];
         for i in 0..32u64 {
-            let at = start + data.saturating_sub(4096) * i / 31;
-            let len = 4096.min(data) as usize;
-            f.seek(SeekFrom::Start(at)).map_err(io)?;
-            f.read_exact(&mut block[..len]).map_err(io)?;
-            hash.update(&block[..len]);
+            f.read_exact_at(&mut block, start + data.saturating_sub(4096) * i / 31)
+                .map_err(io)?;
+            hash.update(&block);
         }
     }
     Ok(format!("{:x}", hash.finalize()))
