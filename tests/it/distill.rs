@@ -8,7 +8,7 @@ use crate::{ember_err, ember_ok, kill_when, small_dataset};
 
 /// A teacher (d 64, 3 layers) trained 200 steps with CE, and its recorded logits (k 16)
 /// for both splits. Built once per test binary.
-fn teacher() -> &'static (PathBuf, PathBuf, PathBuf) {
+pub fn teacher() -> &'static (PathBuf, PathBuf, PathBuf) {
     static T: OnceLock<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     let t = T.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -80,7 +80,7 @@ fn teacher() -> &'static (PathBuf, PathBuf, PathBuf) {
     Box::leak(Box::new((t.1.clone(), t.2.clone(), t.3.clone())))
 }
 
-fn student_args<'a>(ds: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+pub fn student_args<'a>(ds: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![
         "--dataset",
         ds,

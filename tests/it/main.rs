@@ -8,6 +8,7 @@ mod distill;
 mod errors;
 mod kd;
 mod nonfinite;
+mod onpolicy;
 mod record;
 mod resume;
 mod serve;

@@ -40,7 +40,7 @@ pub fn run(a: TrainArgs, distill: bool) -> anyhow::Result<()> {
     let cfg = load_config(a.config.as_deref(), &overrides)?;
     if distill && cfg.teacher.is_none() {
         anyhow::bail!(
-            "`ember distill` needs a [teacher] section (logits = <recorded dir> or model = <hf dir>); use `ember train` for cross-entropy only"
+            "`ember distill` needs a [teacher] section (logits = <recorded dir>, model = <hf dir>, or url = <served teacher> with [onpolicy]); use `ember train` for cross-entropy only"
         );
     }
     let summary = train(&cfg, &a.backend.device_for(cfg.train.precision)?)?;
@@ -59,6 +59,19 @@ pub fn run(a: TrainArgs, distill: bool) -> anyhow::Result<()> {
         println!(
             "validation KL to teacher {:.4}, top-1 agreement {:.3}",
             kd.kl, kd.top1_agreement
+        );
+    }
+    if let Some(o) = &summary.onpolicy {
+        let num = |k: &str| o[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "on-policy: {} batches, {} generated tokens; sampling {:.0} tok/s, teacher {:.0} tok/s, whole loop {:.0} generated tok/s; max staleness {} steps; trainer waited {:.1} s",
+            o["batches"],
+            o["generated_tokens"],
+            num("sample_tokens_per_second"),
+            num("score_tokens_per_second"),
+            num("loop_generated_tokens_per_second"),
+            o["max_staleness_seen"],
+            num("wait_seconds")
         );
     }
     Ok(())

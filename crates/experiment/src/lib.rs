@@ -233,8 +233,8 @@ pub fn run_train_the_trainer(
         let teacher = spec.distill.as_ref().map(|_| TeacherSection {
             logits: Some(logits_train.clone()),
             validation_logits: Some(logits_valid.clone()),
-            model: None,
             top_k: Some(spec.top_k.unwrap_or(32)),
+            ..TeacherSection::default()
         });
         let tc = TrainConfig {
             data: DataSection {
@@ -251,6 +251,7 @@ pub fn run_train_the_trainer(
             },
             teacher,
             distill: spec.distill.clone(),
+            onpolicy: None,
         };
         eprintln!(
             "== run {} ({steps} steps, {} tokens)",

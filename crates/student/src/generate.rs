@@ -70,24 +70,37 @@ pub fn generate(
 
 /// Pick the next token from one row of logits.
 pub fn sample_next(logits: &[f32], cfg: &GenerateConfig, rng: &mut impl Rng) -> u32 {
-    let argmax = || {
-        logits
+    sample_next_with_logprob(logits, cfg, rng).0
+}
+
+/// Pick the next token from one row of logits, with its log-probability under the
+/// distribution it was drawn from (after temperature, top-k and top-p; 0 for greedy).
+pub fn sample_next_with_logprob(
+    logits: &[f32],
+    cfg: &GenerateConfig,
+    rng: &mut impl Rng,
+) -> (u32, f32) {
+    if cfg.temperature <= 0.0 {
+        let argmax = logits
             .iter()
             .enumerate()
             .fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| {
                 if x > b.1 { (i, x) } else { b }
             })
-            .0 as u32
-    };
-    if cfg.temperature <= 0.0 {
-        return argmax();
+            .0;
+        return (argmax as u32, 0.0);
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if cfg.top_k > 0 {
-        order.truncate(cfg.top_k);
+    if cfg.top_k > 0 || cfg.top_p < 1.0 {
+        order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if cfg.top_k > 0 {
+            order.truncate(cfg.top_k);
+        }
     }
-    let max = logits[order[0]];
+    let max = order
+        .iter()
+        .map(|&i| logits[i])
+        .fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<f64> = order
         .iter()
         .map(|&i| (((logits[i] - max) / cfg.temperature) as f64).exp())
@@ -106,13 +119,86 @@ pub fn sample_next(logits: &[f32], cfg: &GenerateConfig, rng: &mut impl Rng) -> 
     }
     let total: f64 = probs.iter().sum();
     let mut r = rng.random::<f64>() * total;
-    for (&i, p) in order.iter().zip(&probs) {
+    let mut pick = order.len() - 1;
+    for (j, p) in probs.iter().enumerate() {
         r -= p;
         if r <= 0.0 {
-            return i as u32;
+            pick = j;
+            break;
         }
     }
-    order[order.len() - 1] as u32
+    (order[pick] as u32, (probs[pick] / total).ln() as f32)
+}
+
+/// One sampled continuation: the new tokens (ending with the stop token when it was
+/// produced) and each one's log-probability under the sampling distribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
+/// Continue every prompt of a batch (each non-empty) at once: the prompts are left-padded
+/// to one length, the padding hidden by the KV cache's mask, and each row draws from its
+/// own generator seeded by `seeds[r]`, so a row's sample does not depend on the other rows.
+/// Decoding stops when every row has produced `cfg.stop_token` or `cfg.max_new_tokens`.
+pub fn sample_batch(
+    model: &Student,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    cfg: &GenerateConfig,
+    device: &Device,
+) -> Vec<Sample> {
+    assert_eq!(prompts.len(), seeds.len(), "one seed per prompt");
+    assert!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "sample_batch needs at least one token per prompt"
+    );
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut cache = KvCache::left_padded(&pad, width, device);
+    let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
+    let mut out: Vec<Sample> = (0..b)
+        .map(|_| Sample {
+            tokens: Vec::with_capacity(cfg.max_new_tokens),
+            logprobs: Vec::with_capacity(cfg.max_new_tokens),
+        })
+        .collect();
+    let mut done = vec![false; b];
+    let mut input: Vec<i32> = prompts
+        .iter()
+        .zip(&pad)
+        .flat_map(|(p, &n)| std::iter::repeat_n(p[0] as i32, n).chain(p.iter().map(|&t| t as i32)))
+        .collect();
+    let mut len = width;
+    for _ in 0..cfg.max_new_tokens {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [b, len]), device);
+        let logits = model.forward_cached(ids, &mut cache);
+        let [_, t, v] = logits.dims();
+        let last: Vec<f32> = logits
+            .slice([0..b, t - 1..t, 0..v])
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32 logits");
+        input = Vec::with_capacity(b);
+        for (r, row) in last.chunks_exact(v).enumerate() {
+            if done[r] {
+                input.push(*out[r].tokens.last().expect("a finished row has tokens") as i32);
+                continue;
+            }
+            let (next, lp) = sample_next_with_logprob(row, cfg, &mut rngs[r]);
+            out[r].tokens.push(next);
+            out[r].logprobs.push(lp);
+            done[r] = Some(next) == cfg.stop_token;
+            input.push(next as i32);
+        }
+        len = 1;
+        if done.iter().all(|&d| d) {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

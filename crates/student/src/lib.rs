@@ -15,7 +15,9 @@ mod rope;
 
 pub use config::{HfLlamaConfig, StudentConfig};
 pub use error::StudentError;
-pub use generate::{GenerateConfig, generate, sample_next};
+pub use generate::{
+    GenerateConfig, Sample, generate, sample_batch, sample_next, sample_next_with_logprob,
+};
 pub use gguf::{
     GgufType, dequantize_q4_0, dequantize_q8_0, fake_quantize, quantize_q4_0, quantize_q8_0,
     save_gguf,

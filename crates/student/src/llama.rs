@@ -59,10 +59,14 @@ pub struct Mlp {
     pub down_proj: Linear,
 }
 
-/// Keys and values of every layer for incremental decoding, `[b, kv_heads, t, head_dim]`.
+/// Keys and values of every layer for incremental decoding, `[b, kv_heads, t, head_dim]`,
+/// and, for a batch of prompts of different lengths, which cached positions are padding.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// `[b, positions]`, true where the position is padding that no real token may attend
+    /// to; positions past its width (tokens added later) are real.
+    padding: Option<Tensor<2, Bool>>,
 }
 
 impl KvCache {
@@ -77,6 +81,55 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// An empty cache for a batch whose rows start with `pad[r]` padding tokens (prompts
+    /// left-padded to one length): the padding is hidden from every real token, so each
+    /// row decodes as it would alone (RoPE depends only on relative positions).
+    pub fn left_padded(pad: &[usize], width: usize, device: &Device) -> Self {
+        let mask: Vec<bool> = pad
+            .iter()
+            .flat_map(|&p| (0..width).map(move |j| j < p))
+            .collect();
+        Self {
+            layers: Vec::new(),
+            padding: Some(Tensor::from_data(
+                TensorData::new(mask, [pad.len(), width]),
+                device,
+            )),
+        }
+    }
+
+    /// The attention mask `[b, 1, t, start + t]` of `t` new queries after `start` cached
+    /// positions (true = hidden): padded keys, except each position's own key, so that a
+    /// padding query still has one key and no row of the softmax is empty.
+    fn attention_mask(&self, start: usize, t: usize) -> Option<Tensor<4, Bool>> {
+        let pad = self.padding.as_ref()?;
+        let [b, width] = pad.dims();
+        let total = start + t;
+        let device = pad.device();
+        let keys = if width >= total {
+            pad.clone().narrow(1, 0, total)
+        } else {
+            Tensor::cat(
+                vec![
+                    pad.clone(),
+                    Tensor::<2, Bool>::from_data(
+                        TensorData::new(vec![false; b * (total - width)], [b, total - width]),
+                        &device,
+                    ),
+                ],
+                1,
+            )
+        };
+        let own: Vec<bool> = (0..t)
+            .flat_map(|i| (0..total).map(move |j| j == start + i))
+            .collect();
+        let own = Tensor::<2, Bool>::from_data(TensorData::new(own, [t, total]), &device)
+            .unsqueeze::<4>()
+            .expand([b, 1, t, total]);
+        let keys = keys.reshape([b, 1, 1, total]).expand([b, 1, t, total]);
+        Some(keys.bool_and(own.bool_not()))
     }
 }
 
@@ -158,12 +211,14 @@ impl Student {
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let (cos, sin) = rope_tables(start, t, self.head_dim, self.rope_theta, &device);
         let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut mask = None;
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.model.layers.len(), None);
+            mask = c.attention_mask(start, t);
         }
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, slot);
+            x = layer.forward(x, &cos, &sin, slot, mask.as_ref());
         }
         self.model.norm.forward(x)
     }
@@ -204,11 +259,12 @@ impl DecoderLayer {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        mask: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, cache);
+                .forward(self.input_layernorm.forward(x), cos, sin, cache, mask);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -220,6 +276,7 @@ impl Attention {
         cos: &Tensor<2>,
         sin: &Tensor<2>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        mask: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -235,7 +292,7 @@ impl Attention {
             *slot = Some((k.clone(), v.clone()));
         }
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-        let y = if q.device().is_autodiff() && k.dims()[2] == t {
+        let y = if q.device().is_autodiff() && k.dims()[2] == t && mask.is_none() {
             // training: one graph node with a hand-derived backward pass
             causal_attention(q, k, v)
         } else {
@@ -244,7 +301,11 @@ impl Attention {
                 is_causal: true,
                 ..Default::default()
             };
-            attention(q, k, v, None, None, options)
+            let mask = mask.map(|m| {
+                let [_, _, tq, tk] = m.dims();
+                m.clone().expand([b, nh, tq, tk])
+            });
+            attention(q, k, v, mask, None, options)
         };
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, t, nh * hd]))

@@ -28,8 +28,8 @@ pub use error::TeacherError;
 pub use load::{load_teacher, load_teacher_with};
 pub use model::{KvCache, Router, Teacher, grouped_routing, softmax_routing};
 pub use record::{
-    LocalTeacher, LogitSource, RecordConfig, TopK, check_vocab, record, topk_logprobs,
+    LocalTeacher, LogitSource, RecordConfig, TopK, check_vocab, record, score_rows, topk_logprobs,
 };
-pub use remote::{Protocol, RemoteTeacher};
+pub use remote::{Protocol, RemoteTeacher, RetryPolicy, ScoredRow};
 pub use rope::{Rope, RopeScaling};
 pub use weights::{Weights, f8_e4m3_to_f32};

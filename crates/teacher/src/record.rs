@@ -18,6 +18,7 @@ use ember_data::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::remote::ScoredRow;
 use crate::{Teacher, TeacherError};
 
 /// Top-k ids and log-probabilities for a batch of equal-length rows: `(ids, logprobs)` per row,
@@ -41,6 +42,11 @@ pub trait LogitSource {
         Ok(String::new())
     }
     fn topk(&mut self, rows: &[&[i32]], k: usize, temperature: f32) -> Result<TopK, TeacherError>;
+    /// Score token sequences (rows may differ in length, each at least 2 tokens): per
+    /// position `i < len - 1`, the top-k of the distribution of token `i + 1` at temperature
+    /// 1 and the log-probability of the row's own token `i + 1` (whether in the top-k or
+    /// not). On-policy distillation scores the student's samples with it.
+    fn score(&mut self, rows: &[&[i32]], k: usize) -> Result<Vec<ScoredRow>, TeacherError>;
 }
 
 /// Settings of one recording.
@@ -87,6 +93,9 @@ impl LogitSource for LocalTeacher {
     fn weights_fingerprint(&self) -> Result<String, TeacherError> {
         crate::weights::fingerprint(&self.dir)
     }
+    fn score(&mut self, rows: &[&[i32]], k: usize) -> Result<Vec<ScoredRow>, TeacherError> {
+        Ok(score_rows(&self.teacher, rows, k, &self.device))
+    }
     fn topk(&mut self, rows: &[&[i32]], k: usize, temperature: f32) -> Result<TopK, TeacherError> {
         let (b, t) = (rows.len(), rows[0].len());
         let flat: Vec<i32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
@@ -94,6 +103,49 @@ impl LogitSource for LocalTeacher {
         let logits = self.teacher.forward(ids, None);
         Ok(topk_logprobs(logits, k, temperature))
     }
+}
+
+/// [`LogitSource::score`] for a teacher in this process: the rows are right-padded into
+/// one batch (causal attention keeps padding out of every real position) and run at once.
+pub fn score_rows(teacher: &Teacher, rows: &[&[i32]], k: usize, device: &Device) -> Vec<ScoredRow> {
+    assert!(
+        rows.iter().all(|r| r.len() >= 2),
+        "a scored row needs two tokens"
+    );
+    let b = rows.len();
+    let t = rows.iter().map(|r| r.len()).max().unwrap_or(0) - 1;
+    let mut flat = Vec::with_capacity(b * t);
+    let mut next = Vec::with_capacity(b * t);
+    for r in rows {
+        let n = r.len() - 1;
+        flat.extend_from_slice(&r[..n]);
+        flat.extend(std::iter::repeat_n(0, t - n));
+        next.extend_from_slice(&r[1..]);
+        next.extend(std::iter::repeat_n(0, t - n));
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), device);
+    let logits = teacher.forward(ids, None).cast(burn::tensor::DType::F32);
+    let next = Tensor::<3, Int>::from_data(TensorData::new(next, [b, t, 1]), device);
+    let own: Vec<f32> = log_softmax(logits.clone(), 2)
+        .gather(2, next)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float logprobs");
+    topk_logprobs(logits, k, 1.0)
+        .into_iter()
+        .zip(rows)
+        .enumerate()
+        .map(|(i, ((mut ids, mut lps), row))| {
+            let n = row.len() - 1;
+            ids.truncate(n * k);
+            lps.truncate(n * k);
+            ScoredRow {
+                topk_ids: ids,
+                topk_logprobs: lps,
+                token_logprobs: own[i * t..i * t + n].to_vec(),
+            }
+        })
+        .collect()
 }
 
 /// Top-k of `log_softmax(logits / temperature)` over the full vocabulary, per position.

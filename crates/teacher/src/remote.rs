@@ -36,22 +36,60 @@ pub struct RemoteTeacher {
     /// Vocabulary size, if the user knows it (engines do not report it).
     pub vocab_size: Option<usize>,
     pub tokenizer_sha256: Option<String>,
+    /// What to do when a request fails in a way that may pass on a second try.
+    pub retry: RetryPolicy,
     agent: ureq::Agent,
+}
+
+/// Retries of a remote teacher's requests: a timeout, a dropped connection, an HTTP 5xx
+/// or 429, or a body that is not the expected JSON is tried again after `backoff`, doubled
+/// each time (at most 30 s), up to `retries` times; then the error is returned. Other 4xx
+/// answers (the request itself is wrong) are returned at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub retries: usize,
+    pub backoff: std::time::Duration,
+    /// Deadline of one request (connect + answer).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 4,
+            backoff: std::time::Duration::from_millis(500),
+            timeout: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// The teacher's view of token sequences (see [`LogitSource::score`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRow {
+    /// `(len - 1) * k` ids, most likely first per position.
+    pub topk_ids: Vec<i32>,
+    pub topk_logprobs: Vec<f32>,
+    /// `len - 1` log-probabilities of the row's own next tokens (`row[1..]`).
+    pub token_logprobs: Vec<f32>,
 }
 
 impl RemoteTeacher {
     /// A client for `url` (`http://` or `https://`; TLS through rustls, trusting the system's
     /// certificate store, or the PEM file in `SSL_CERT_FILE`).
     pub fn new(url: &str, model: &str, protocol: Protocol) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(std::time::Duration::from_secs(600))
-            .build();
+        Self::with_retry(url, model, protocol, RetryPolicy::default())
+    }
+
+    /// A client with its own retry policy and request deadline.
+    pub fn with_retry(url: &str, model: &str, protocol: Protocol, retry: RetryPolicy) -> Self {
+        let agent = ureq::AgentBuilder::new().timeout(retry.timeout).build();
         Self {
             url: url.trim_end_matches('/').to_string(),
             model: model.to_string(),
             protocol,
             vocab_size: None,
             tokenizer_sha256: None,
+            retry,
             agent,
         }
     }
@@ -63,22 +101,60 @@ impl RemoteTeacher {
         }
     }
 
+    /// POST `body` to `path`, retrying what may pass on another try (see [`RetryPolicy`]).
     fn post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
         body: &Req,
     ) -> Result<Resp, TeacherError> {
+        let mut delay = self.retry.backoff;
+        let mut attempt = 0;
+        loop {
+            match self.post_once(path, body) {
+                Ok(resp) => return Ok(resp),
+                Err((message, retryable)) => {
+                    if !retryable || attempt >= self.retry.retries {
+                        let tries = if attempt > 0 {
+                            format!(" (after {} tries)", attempt + 1)
+                        } else {
+                            String::new()
+                        };
+                        return Err(self.err(format!("{message}{tries}")));
+                    }
+                    attempt += 1;
+                    eprintln!(
+                        "warning: remote teacher {}: {message}; retry {attempt} of {} in {:.1} s",
+                        self.url,
+                        self.retry.retries,
+                        delay.as_secs_f64()
+                    );
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One try: the answer, or the error and whether another try may pass.
+    fn post_once<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, (String, bool)> {
         let url = format!("{}{path}", self.url);
         match self.agent.post(&url).send_json(body) {
             Ok(resp) => {
                 let text = resp
                     .into_string()
-                    .map_err(|e| self.err(format!("reading the response of {path}: {e}")))?;
+                    .map_err(|e| (format!("reading the response of {path}: {e}"), true))?;
                 serde_json::from_str(&text).map_err(|e| {
-                    self.err(format!(
-                        "response of {path} is not the expected JSON ({e}): {}",
-                        text.chars().take(200).collect::<String>()
-                    ))
+                    (
+                        format!(
+                            "response of {path} is not the expected JSON ({e}): {}",
+                            text.chars().take(200).collect::<String>()
+                        ),
+                        true,
+                    )
                 })
             }
             Err(ureq::Error::Status(code, resp)) => {
@@ -87,9 +163,12 @@ impl RemoteTeacher {
                     .ok()
                     .and_then(|b| b.text().map(String::from))
                     .unwrap_or(text);
-                Err(self.err(format!("HTTP {code} from {path}: {msg}")))
+                Err((
+                    format!("HTTP {code} from {path}: {msg}"),
+                    code >= 500 || code == 429,
+                ))
             }
-            Err(e) => Err(self.err(format!("{path}: {e}"))),
+            Err(e) => Err((format!("{path}: {e}"), true)),
         }
     }
 }
@@ -142,12 +221,52 @@ fn sglang_pairs(entries: &[TokenLogprob]) -> Result<Vec<(i32, f32)>, String> {
         .collect()
 }
 
+/// An engine's answer for one row of `T` tokens: prompt entries `1..T` (the distribution
+/// of each token given the ones before, with that token's own log-probability) and the
+/// first generated position.
+struct Answer {
+    prompt: Vec<Vec<(i32, f32)>>,
+    token_logprobs: Vec<f32>,
+    last: Vec<(i32, f32)>,
+}
+
 impl RemoteTeacher {
+    /// [`LogitSource::score`] of one row, in one request (callable from several threads).
+    pub fn score_row(&self, row: &[i32], k: usize) -> Result<ScoredRow, TeacherError> {
+        if row.len() < 2 {
+            return Err(self.err("a scored row needs at least two tokens"));
+        }
+        let answer = self.query(row, k)?;
+        let mut ids = Vec::with_capacity((row.len() - 1) * k);
+        let mut lps = Vec::with_capacity((row.len() - 1) * k);
+        for p in answer.prompt {
+            for (id, lp) in top_k(p, k).map_err(|e| self.err(e))? {
+                ids.push(id);
+                lps.push(lp);
+            }
+        }
+        Ok(ScoredRow {
+            topk_ids: ids,
+            topk_logprobs: lps,
+            token_logprobs: answer.token_logprobs,
+        })
+    }
+
     /// Prompt entries `1..T` plus the first generated position, as `T` lists of pairs.
     fn positions(&self, row: &[i32], k: usize) -> Result<Vec<Vec<(i32, f32)>>, TeacherError> {
+        let Answer { prompt, last, .. } = self.query(row, k)?;
+        prompt
+            .into_iter()
+            .chain(std::iter::once(last))
+            .map(|p| top_k(p, k).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    /// One request for `row`, checked for one entry per prompt token.
+    fn query(&self, row: &[i32], k: usize) -> Result<Answer, TeacherError> {
         let t = row.len();
         let ids: Vec<i64> = row.iter().map(|&i| i as i64).collect();
-        let (prompt, last) = match self.protocol {
+        let (prompt, token_logprobs, last) = match self.protocol {
             Protocol::Vllm => {
                 let body = CompletionRequest {
                     model: Some(self.model.clone()),
@@ -183,8 +302,24 @@ impl RemoteTeacher {
                             .and_then(prompt_pairs)
                     })
                     .collect();
+                let prompt = prompt.map_err(|e| self.err(e))?;
+                // vLLM lists each prompt token itself beside its top-k
+                let own: Result<Vec<f32>, String> = prompt
+                    .iter()
+                    .zip(&row[1..])
+                    .map(|(pairs, &tok)| {
+                        pairs
+                            .iter()
+                            .find(|p| p.0 == tok)
+                            .map(|p| p.1)
+                            .ok_or_else(|| {
+                                format!("a prompt_logprobs entry does not list its own token {tok}")
+                            })
+                    })
+                    .collect();
                 (
-                    prompt.map_err(|e| self.err(e))?,
+                    prompt,
+                    own.map_err(|e| self.err(e))?,
                     top_pairs(last).map_err(|e| self.err(e))?,
                 )
             }
@@ -221,27 +356,48 @@ impl RemoteTeacher {
                             .and_then(sglang_pairs)
                     })
                     .collect();
+                let own = meta
+                    .input_token_logprobs
+                    .ok_or_else(|| self.err("response has no meta_info.input_token_logprobs"))?;
+                let own: Result<Vec<f32>, String> = own
+                    .iter()
+                    .skip(1)
+                    .zip(&row[1..])
+                    .map(|(TokenLogprob(lp, id, _), &tok)| {
+                        if *id != tok as i64 {
+                            return Err(format!(
+                                "input_token_logprobs lists token {id} where the prompt has {tok}"
+                            ));
+                        }
+                        lp.ok_or_else(|| "an input_token_logprobs entry is null".to_string())
+                    })
+                    .collect();
                 (
                     prompt.map_err(|e| self.err(e))?,
+                    own.map_err(|e| self.err(e))?,
                     sglang_pairs(&last).map_err(|e| self.err(e))?,
                 )
             }
         };
-        if prompt.len() != t - 1 {
+        if prompt.len() != t - 1 || token_logprobs.len() != t - 1 {
             return Err(self.err(format!(
-                "got {} prompt positions for {t} tokens",
-                prompt.len() + 1
+                "got {} prompt positions and {} prompt-token log-probabilities for {t} tokens",
+                prompt.len() + 1,
+                token_logprobs.len() + 1
             )));
         }
-        prompt
-            .into_iter()
-            .chain(std::iter::once(last))
-            .map(|p| top_k(p, k).map_err(|e| self.err(e)))
-            .collect()
+        Ok(Answer {
+            prompt,
+            token_logprobs,
+            last,
+        })
     }
 }
 
 impl LogitSource for RemoteTeacher {
+    fn score(&mut self, rows: &[&[i32]], k: usize) -> Result<Vec<ScoredRow>, TeacherError> {
+        rows.iter().map(|row| self.score_row(row, k)).collect()
+    }
     fn name(&self) -> String {
         self.model.clone()
     }

@@ -22,10 +22,81 @@ pub struct TrainConfig {
     /// Distillation loss (used when `[teacher]` is set).
     #[serde(default)]
     pub distill: Option<crate::KdConfig>,
+    /// On-policy distillation: the student samples completions of prompts, the teacher
+    /// (`teacher.model` or `teacher.url`) scores them, the loss covers the generated tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onpolicy: Option<OnPolicySection>,
+}
+
+/// Settings of on-policy distillation (`[onpolicy]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnPolicySection {
+    /// Loss on the student's samples.
+    pub objective: Objective,
+    /// Share of micro-batches that are on-policy (GKD's lambda); the others are offline
+    /// batches with the `[distill]` loss: recorded logits (`teacher.logits`) or dataset rows
+    /// scored by the in-process teacher.
+    pub lambda: f64,
+    /// Tokens sampled per prompt at most; sampling stops earlier at the EOS token.
+    pub max_new_tokens: usize,
+    /// Sampling temperature, top-p and top-k (0 = all) of the student.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    /// Prompt length for datasets without labels (corpus rows): their first this many
+    /// tokens. Instruction datasets (`data prepare-chat`) are cut before their answer.
+    pub prompt_tokens: usize,
+    /// Optimizer steps the sampling policy may lag the trained one: the batch of step `s`
+    /// is sampled with the weights after step `s - max_staleness`, so sampling and scoring
+    /// of later batches overlap the training step. 0 = exactly on-policy (sequential).
+    pub max_staleness: usize,
+    /// Scored micro-batches that may wait for the trainer (and sampled ones for the teacher).
+    pub queue: usize,
+    /// Concurrent requests to a remote teacher (one row each).
+    pub remote_concurrency: usize,
+}
+
+/// The loss of on-policy micro-batches.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Per-token reverse-KL estimator in a policy-gradient loss, with the importance ratio
+    /// to the sampling policy: needs only the teacher's log-probability of each sampled token.
+    #[default]
+    SampledKl,
+    /// The `[distill]` loss (forward/reverse KL, JSD(beta), ...) over the teacher's top-k
+    /// plus tail at every generated position, at `[distill]`'s temperature.
+    Distribution,
+}
+
+impl Default for OnPolicySection {
+    fn default() -> Self {
+        Self {
+            objective: Objective::SampledKl,
+            lambda: 1.0,
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            prompt_tokens: 32,
+            max_staleness: 1,
+            queue: 2,
+            remote_concurrency: 4,
+        }
+    }
+}
+
+/// Wire protocol of a served teacher.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteProtocol {
+    Vllm,
+    Sglang,
 }
 
 /// The teacher of a distillation run: recorded logits (offline) or a model (online).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherSection {
     /// Directory written by `ember record` (or `ember import`) for the train split.
@@ -34,6 +105,24 @@ pub struct TeacherSection {
     pub validation_logits: Option<PathBuf>,
     /// HF model directory run in-process (online distillation).
     pub model: Option<PathBuf>,
+    /// A served teacher (on-policy distillation): the engine's base URL, e.g.
+    /// `http://127.0.0.1:8000`, with `protocol` and `served_model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<RemoteProtocol>,
+    /// Model name the engine serves (vLLM's `model` field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// Retries of a failed request to a served teacher (timeouts, 5xx, dropped
+    /// connections, malformed JSON), with the wait doubling from `retry_backoff_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_s: Option<f64>,
+    /// Deadline of one request to a served teacher, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
     /// Top-k kept per position: from the online teacher's distribution, or the first k of
     /// the recorded entries (at most the recorded k) when distilling offline.
     /// Default: 64 online, every recorded entry offline.
@@ -244,6 +333,31 @@ impl TrainConfig {
         }
         if t.checkpoint_every == 0 || t.log_every == 0 {
             return Err("train.checkpoint_every and train.log_every must be positive".into());
+        }
+        if let Some(o) = &self.onpolicy {
+            if self.teacher.is_none() {
+                return Err(
+                    "[onpolicy] needs a [teacher] (model or url) to score the samples".into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&o.lambda) {
+                return Err(format!("onpolicy.lambda {} must lie in [0, 1]", o.lambda));
+            }
+            if o.max_new_tokens == 0 || o.queue == 0 || o.remote_concurrency == 0 {
+                return Err(
+                    "onpolicy.max_new_tokens, onpolicy.queue and onpolicy.remote_concurrency must be positive"
+                        .into(),
+                );
+            }
+            if !(o.temperature > 0.0) {
+                return Err(format!(
+                    "onpolicy.temperature {} must be positive: greedy decoding has no sampling distribution for the importance ratio",
+                    o.temperature
+                ));
+            }
+            if !(o.top_p > 0.0 && o.top_p <= 1.0) {
+                return Err(format!("onpolicy.top_p {} must lie in (0, 1]", o.top_p));
+            }
         }
         Ok(())
     }

@@ -33,6 +33,9 @@ pub enum TrainError {
     #[error("{what} is not finite ({value}); the model or the data holds NaN/infinite values")]
     NotFinite { what: String, value: f64 },
 
+    #[error("teacher: {0}")]
+    Teacher(#[from] ember_teacher::TeacherError),
+
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 }

@@ -32,6 +32,16 @@ pub struct FeedConfig {
     pub kd: KdConfig,
     pub max_steps: usize,
     pub steps_per_epoch: usize,
+    /// Share of micro-batches that come from the on-policy pipeline (0 without one).
+    pub onpolicy_share: f64,
+}
+
+/// The on-policy side of a feed.
+pub struct OnPolicyFeed {
+    pub pipeline: crate::onpolicy::Pipeline,
+    pub objective: crate::Objective,
+    /// Teacher entries per position.
+    pub k: usize,
 }
 
 /// The training source and where in it the run is.
@@ -45,6 +55,9 @@ pub struct TrainFeed {
     /// Micro-batches handed out by this process (its optimizer steps index the
     /// gradient-norm record).
     micro: usize,
+    /// Micro-batches of the run before this process started.
+    first_micro: usize,
+    onpolicy: Option<OnPolicyFeed>,
 }
 
 /// The source's own epoch, and rows of its permutation already used.
@@ -70,22 +83,60 @@ impl DataPos {
 
 impl TrainFeed {
     /// The source positioned at the start of optimizer step `step`.
-    pub fn new(mut source: Source, cfg: FeedConfig, step: usize) -> Self {
+    pub fn new(
+        mut source: Source,
+        cfg: FeedConfig,
+        step: usize,
+        onpolicy: Option<OnPolicyFeed>,
+    ) -> Self {
         let mut pos = DataPos::default();
-        for _ in 0..step * cfg.grad_accum {
-            pos.take(cfg.batch_size, source.len());
+        for m in 0..step * cfg.grad_accum {
+            if !crate::onpolicy::is_onpolicy(cfg.onpolicy_share, cfg.seed, m) {
+                pos.take(cfg.batch_size, source.len());
+            }
         }
         source.start_epoch(cfg.seed, pos.epoch);
         Self {
             source,
+            first_micro: step * cfg.grad_accum,
             cfg,
             pos,
             steps_done: step,
             micro: 0,
+            onpolicy,
         }
     }
 
     fn next_batch(&mut self, device: &Device) -> Result<TrainBatch, crate::TrainError> {
+        let m = self.first_micro + self.micro;
+        if let Some(on) = &self.onpolicy
+            && crate::onpolicy::is_onpolicy(self.cfg.onpolicy_share, self.cfg.seed, m)
+        {
+            let scored = on.pipeline.next(m)?;
+            let kd = &self.cfg.kd;
+            let x = crate::onpolicy::tensors(
+                &scored,
+                on.objective,
+                on.k,
+                self.cfg.student_vocab,
+                kd.temperature,
+                device,
+            );
+            return Ok(self.handed_out(TrainBatch {
+                inputs: x.inputs,
+                targets: x.targets,
+                teacher: x.teacher,
+                sampled: x.sampled,
+                // on-policy batches: the distillation term alone (no CE on own samples)
+                kd: KdConfig {
+                    ce_weight: 0.0,
+                    ..kd.clone()
+                },
+                grad_accum: self.cfg.grad_accum,
+                tokens: x.tokens,
+                ends_step: None,
+            }));
+        }
         let b = self.cfg.batch_size;
         let (start, new_epoch) = self.pos.take(b, self.source.len());
         if new_epoch {
@@ -98,21 +149,27 @@ impl TrainFeed {
             self.cfg.kd.temperature,
             device,
         )?;
-        self.micro += 1;
-        let ends_step = (self.micro % self.cfg.grad_accum == 0).then(|| {
-            self.steps_done += 1;
-            self.micro / self.cfg.grad_accum - 1
-        });
         let [rows, t] = batch.inputs.dims();
-        Ok(TrainBatch {
+        Ok(self.handed_out(TrainBatch {
             inputs: batch.inputs,
             targets: batch.targets,
             teacher: batch.teacher,
+            sampled: None,
             kd: self.cfg.kd.clone(),
             grad_accum: self.cfg.grad_accum,
             tokens: rows * t,
-            ends_step,
-        })
+            ends_step: None,
+        }))
+    }
+
+    /// Count `batch` as handed out, marking the one that ends an optimizer step.
+    fn handed_out(&mut self, mut batch: TrainBatch) -> TrainBatch {
+        self.micro += 1;
+        batch.ends_step = (self.micro % self.cfg.grad_accum == 0).then(|| {
+            self.steps_done += 1;
+            self.micro / self.cfg.grad_accum - 1
+        });
+        batch
     }
 }
 

@@ -465,9 +465,7 @@ pub fn loss_from_hidden_in_chunks(
     cfg: &KdConfig,
     chunk: usize,
 ) -> HiddenLoss {
-    let [b, t, d] = hidden.dims();
-    let v = weight.dims()[1];
-    let chunk = chunk.max(1);
+    let [b, t, _] = hidden.dims();
     let n = b * t;
     let cfg = match teacher {
         Some(_) => cfg.clone(),
@@ -476,10 +474,6 @@ pub fn loss_from_hidden_in_chunks(
             ..cfg.clone()
         },
     };
-    let h = hidden.clone().inner().reshape([n, d]);
-    let w_inner = weight.clone().inner();
-    let labels = labels.inner().reshape([1, n]);
-    let (mask, kept) = position_mask(&labels);
     let flat = teacher.map(|tt| {
         let k = tt.ids.dims()[2];
         TeacherTargets {
@@ -490,6 +484,45 @@ pub fn loss_from_hidden_in_chunks(
             top1: Vec::new(),
         }
     });
+    let w = cfg.ce_weight;
+    in_chunks(
+        hidden,
+        weight,
+        labels,
+        chunk,
+        w,
+        |z, start, len, labels, mask, kept| {
+            let part_teacher = flat.as_ref().map(|f| TeacherTargets {
+                ids: f.ids.clone().narrow(1, start, len),
+                probs: f.probs.clone().narrow(1, start, len),
+                tail: f.tail.clone().narrow(1, start, len),
+                valid: f.valid.clone().narrow(1, start, len),
+                top1: Vec::new(),
+            });
+            fused_part(z, part_teacher.as_ref(), labels, mask, kept, &cfg)
+        },
+    )
+}
+
+/// The chunk loop of the fused losses: logits of `chunk` positions at a time from
+/// `hidden @ weight`, each chunk's loss sums and logits gradient from `part(z, start, len,
+/// labels, mask, kept)`, pushed through the projection; the value is `w * CE + (1 - w) * KD`.
+fn in_chunks(
+    hidden: Tensor<3>,
+    weight: Tensor<2>,
+    labels: Tensor<2, Int>,
+    chunk: usize,
+    w: f64,
+    mut part: impl FnMut(Tensor<3>, usize, usize, Tensor<2, Int>, Tensor<3>, Tensor<1>) -> FusedPart,
+) -> HiddenLoss {
+    let [b, t, d] = hidden.dims();
+    let v = weight.dims()[1];
+    let chunk = chunk.max(1);
+    let n = b * t;
+    let h = hidden.clone().inner().reshape([n, d]);
+    let w_inner = weight.clone().inner();
+    let labels = labels.inner().reshape([1, n]);
+    let (mask, kept) = position_mask(&labels);
     let (mut grad_h, mut grad_w) = (Vec::new(), None::<Tensor<2>>);
     let (mut kd, mut ce) = (Vec::new(), Vec::new());
     let mut argmax = Vec::new();
@@ -502,20 +535,13 @@ pub fn loss_from_hidden_in_chunks(
             .matmul(w_inner.clone())
             .cast(DType::F32)
             .reshape([1, len, v]);
-        let part_teacher = flat.as_ref().map(|f| TeacherTargets {
-            ids: f.ids.clone().narrow(1, start, len),
-            probs: f.probs.clone().narrow(1, start, len),
-            tail: f.tail.clone().narrow(1, start, len),
-            valid: f.valid.clone().narrow(1, start, len),
-            top1: Vec::new(),
-        });
-        let part = fused_part(
+        let part = part(
             z,
-            part_teacher.as_ref(),
+            start,
+            len,
             labels.clone().narrow(1, start, len),
             mask.clone().narrow(1, start, len).reshape([1, len, 1]),
             kept.clone(),
-            &cfg,
         );
         argmax.push(part.argmax.reshape([len]));
         let g = part.grad.reshape([len, v]).cast(h.dtype());
@@ -531,7 +557,7 @@ pub fn loss_from_hidden_in_chunks(
     }
     let sum = |parts: Vec<Tensor<1>>| Tensor::cat(parts, 0).sum();
     let (kd, ce) = (sum(kd), sum(ce));
-    let value = ce.clone().mul_scalar(cfg.ce_weight) + kd.clone().mul_scalar(1.0 - cfg.ce_weight);
+    let value = ce.clone().mul_scalar(w) + kd.clone().mul_scalar(1.0 - w);
     let grad_h = Tensor::cat(grad_h, 0).reshape([b, t, d]);
     // in the compute precision; the loss value is f32
     let surrogate = ((hidden * grad_h).sum()
@@ -542,4 +568,97 @@ pub fn loss_from_hidden_in_chunks(
         out: KdOutput { total, kd, ce },
         argmax: Tensor::cat(argmax, 0).reshape([b, t]),
     }
+}
+
+/// What on-policy distillation's sampled-token objective needs at each position, besides
+/// the sampled token itself (the position's label): `[b, t, 1]` log-probabilities.
+pub struct SampledTargets {
+    /// The teacher's log-probability of the sampled token.
+    pub teacher_logprob: Tensor<3>,
+    /// Its log-probability under the distribution it was drawn from (the student of some
+    /// earlier step, after the sampling temperature, top-k and top-p).
+    pub sample_logprob: Tensor<3>,
+    /// The teacher's most likely token per position (-1 where there is no loss), `[b * t]`.
+    pub top1: Vec<i32>,
+}
+
+impl SampledTargets {
+    /// From host vectors of `b * t` values (any value where the label is negative).
+    pub fn new(
+        teacher_logprob: Vec<f32>,
+        sample_logprob: Vec<f32>,
+        top1: Vec<i32>,
+        b: usize,
+        t: usize,
+        device: &Device,
+    ) -> Self {
+        let f = |v: Vec<f32>| {
+            Tensor::<3>::from_data(TensorData::new(v, [b, t, 1]), device).cast(DType::F32)
+        };
+        Self {
+            teacher_logprob: f(teacher_logprob),
+            sample_logprob: f(sample_logprob),
+            top1,
+        }
+    }
+}
+
+/// The sampled-token reverse-KL objective of on-policy distillation (Thinking Machines'
+/// "on-policy distillation", GKD with a sampled estimate): at each generated position
+/// with sampled token `x`, `A = log p_teacher(x) - log q(x)` is the per-token advantage
+/// (held constant) and `r = q(x) / mu(x)` the importance ratio to the sampling policy
+/// `mu`; the loss is `mean(-r A)` over the positions with a label, whose value is the
+/// importance-weighted estimate of KL(q || p_teacher) and whose gradient is that KL's:
+/// `dL/dlog q(x) = r (log q(x) - log p(x)) / n`. Temperature 1 (the policy being trained).
+/// `labels` hold the sampled tokens (negative on prompts and padding). The reported `ce` is
+/// the student's negative log-likelihood of its own samples; it is not part of the loss.
+pub fn sampled_loss_from_hidden(
+    hidden: Tensor<3>,
+    weight: Tensor<2>,
+    sampled: &SampledTargets,
+    labels: Tensor<2, Int>,
+) -> HiddenLoss {
+    let rows = rows_per_chunk(weight.dims()[1]);
+    sampled_loss_from_hidden_in_chunks(hidden, weight, sampled, labels, rows)
+}
+
+/// [`sampled_loss_from_hidden`] with `chunk` positions per chunk.
+pub fn sampled_loss_from_hidden_in_chunks(
+    hidden: Tensor<3>,
+    weight: Tensor<2>,
+    sampled: &SampledTargets,
+    labels: Tensor<2, Int>,
+    chunk: usize,
+) -> HiddenLoss {
+    let [b, t, _] = hidden.dims();
+    let n = b * t;
+    let tlp = sampled.teacher_logprob.clone().inner().reshape([1, n, 1]);
+    let slp = sampled.sample_logprob.clone().inner().reshape([1, n, 1]);
+    in_chunks(
+        hidden,
+        weight,
+        labels,
+        chunk,
+        0.0,
+        |z, start, len, labels, mask, kept| {
+            let sm = softmax_parts(z.clone());
+            let y = labels.clamp_min(0).reshape([1, len, 1]);
+            let logq = z.gather(2, y.clone()) - sm.lse.clone();
+            let ratio = (logq.clone() - slp.clone().narrow(1, start, len)).exp();
+            let diff = logq.clone() - tlp.clone().narrow(1, start, len);
+            // dL/dlog q(x) per position; masked positions get 0
+            let c = (ratio * diff * mask.clone()).div(kept.clone().reshape([1, 1, 1]));
+            let kd = c.clone().sum();
+            let ce = (logq.neg() * mask).sum().div(kept);
+            // d log q(x) / dz = onehot(x) - softmax(z)
+            let grad =
+                (sm.exp * (c.clone().neg() / sm.sum)).scatter(2, y, c, IndexingUpdateOp::Add);
+            FusedPart {
+                grad,
+                kd,
+                ce,
+                argmax: sm.argmax.reshape([1, len]),
+            }
+        },
+    )
 }

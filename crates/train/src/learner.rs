@@ -17,7 +17,8 @@ use ember_student::Student;
 
 use crate::distill::top1_agreement;
 use crate::{
-    HiddenLoss, KdConfig, KdLoss, TeacherTargets, cross_entropy, kd_loss, loss_from_hidden,
+    HiddenLoss, KdConfig, KdLoss, SampledTargets, TeacherTargets, cross_entropy, kd_loss,
+    loss_from_hidden, sampled_loss_from_hidden,
 };
 
 /// The model burn-train trains: the student, plus the clipping threshold and the record of
@@ -37,6 +38,8 @@ pub struct GradClip {
     /// Norm of the gradient of every optimizer step taken by this process, in order.
     pub norms: Arc<Mutex<Vec<f64>>>,
     pub guard: NonFiniteGuard,
+    /// On-policy distillation: where each update's weights go for the sampler.
+    pub policy: Option<Arc<crate::onpolicy::Policy>>,
 }
 
 /// Stops the run (or skips a bounded number of steps) when a loss or gradient norm is not
@@ -106,6 +109,7 @@ impl Distiller {
                 max_norm,
                 norms: Arc::default(),
                 guard,
+                policy: None,
             },
         }
     }
@@ -116,6 +120,8 @@ pub struct TrainBatch {
     pub inputs: Tensor<2, Int>,
     pub targets: Tensor<2, Int>,
     pub teacher: Option<TeacherTargets>,
+    /// On-policy micro-batches with the sampled-token objective (then `teacher` is `None`).
+    pub sampled: Option<SampledTargets>,
     pub kd: KdConfig,
     /// Micro-batches per optimizer step: the loss is divided by it, so that the summed
     /// gradients of a step are their mean.
@@ -178,20 +184,29 @@ impl TrainStep for Distiller {
         // losses in f32 whatever the compute precision; logits chunk by chunk inside the
         // loss, never as a whole [b, t, V] tensor
         let hidden = self.student.forward_hidden(item.inputs, None);
-        let HiddenLoss { out, argmax } = loss_from_hidden(
-            hidden,
-            self.student.head_weight(),
-            item.teacher.as_ref(),
-            item.targets,
-            &item.kd,
-        );
+        let HiddenLoss { out, argmax } = match &item.sampled {
+            Some(sampled) => {
+                sampled_loss_from_hidden(hidden, self.student.head_weight(), sampled, item.targets)
+            }
+            None => loss_from_hidden(
+                hidden,
+                self.student.head_weight(),
+                item.teacher.as_ref(),
+                item.targets,
+                &item.kd,
+            ),
+        };
         let grads = out
             .total
             .clone()
             .div_scalar(item.grad_accum as f64)
             .backward();
         let done_at = Some(Instant::now());
-        let agreement = item.teacher.map(|t| (argmax, t.top1));
+        let agreement = match (item.teacher, item.sampled) {
+            (Some(t), _) => Some((argmax, t.top1)),
+            (None, Some(s)) => Some((argmax, s.top1)),
+            (None, None) => None,
+        };
         let output = TrainStepOutput {
             pending: Some(PendingTrain {
                 total: out.total,
@@ -223,14 +238,20 @@ impl TrainStep for Distiller {
             norms.push(norm);
             norms.len() - 1
         };
-        if !norm.is_finite() {
+        let version = self.clip.guard.first_step + local + 1;
+        let next = if norm.is_finite() {
+            optim.step(lr, self, grads)
+        } else {
             // skipped or stopping: either way these gradients never reach the weights
             self.clip
                 .guard
                 .report(local, format!("gradient norm is {norm}"));
-            return self;
+            self
+        };
+        if let Some(policy) = &next.clip.policy {
+            policy.publish(version, next.student.valid());
         }
-        optim.step(lr, self, grads)
+        next
     }
 }
 
@@ -257,7 +278,7 @@ impl ItemLazy for TrainStepOutput {
                     .try_into_data()?
                     .try_into_vec_as::<i64>()
                     .expect("int argmax");
-                let n = teacher_top1.len();
+                let n = teacher_top1.iter().filter(|&&t| t >= 0).count();
                 self.stats.top1 = Some((top1_agreement(&argmax, &teacher_top1), n));
             }
         }

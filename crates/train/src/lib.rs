@@ -17,18 +17,21 @@ mod kd;
 mod learner;
 mod loss;
 mod monitor;
+mod onpolicy;
 mod trainer;
 
 pub use chat_eval::{ChatEvalReport, Score, evaluate_chat};
 pub use config::{
-    DataSection, ModelSection, Precision, TeacherSection, TrainConfig, TrainSection, load_config,
+    DataSection, ModelSection, Objective, OnPolicySection, Precision, RemoteProtocol,
+    TeacherSection, TrainConfig, TrainSection, load_config,
 };
 pub use distill::KdEval;
 pub use error::TrainError;
 pub use eval::{EvalReport, evaluate};
 pub use kd::{
-    HiddenLoss, KdConfig, KdLoss, KdOutput, TailMode, TeacherTargets, chunked_logsumexp, kd_loss,
-    loss_from_hidden, loss_from_hidden_in_chunks,
+    HiddenLoss, KdConfig, KdLoss, KdOutput, SampledTargets, TailMode, TeacherTargets,
+    chunked_logsumexp, kd_loss, loss_from_hidden, loss_from_hidden_in_chunks,
+    sampled_loss_from_hidden, sampled_loss_from_hidden_in_chunks,
 };
 pub use learner::{Distiller, NonFiniteGuard, WarmupCosine, clip_global_norm, lr_at};
 pub use loss::{cross_entropy, dataset_batch, next_token_batch};

@@ -315,6 +315,8 @@ pub struct JsonlLogger {
     started: Instant,
     /// Mean loss of the last optimizer step.
     pub last_loss: Arc<Mutex<f64>>,
+    /// Stage throughputs of on-policy distillation, added to each train row.
+    pub onpolicy: Option<Arc<Mutex<crate::onpolicy::OnPolicyStats>>>,
 }
 
 impl JsonlLogger {
@@ -347,6 +349,7 @@ impl JsonlLogger {
             valid: BTreeMap::new(),
             started: Instant::now(),
             last_loss: Arc::new(Mutex::new(f64::NAN)),
+            onpolicy: None,
         })
     }
 
@@ -428,12 +431,19 @@ impl JsonlLogger {
                 ce.exp()
             );
         }
+        let mut onpolicy = String::new();
+        if let Some(stats) = &self.onpolicy {
+            let stats = stats.lock().expect("on-policy stats");
+            row["onpolicy"] = stats.json();
+            onpolicy = format!(" | {}", stats.line());
+        }
         self.write(&row);
-        self.bar
-            .set_message(format!("loss {loss:.3} | lr {lr:.2e} | {tps:.0} tok/s"));
+        self.bar.set_message(format!(
+            "loss {loss:.3} | lr {lr:.2e} | {tps:.0} tok/s{onpolicy}"
+        ));
         if self.bar.is_hidden() {
             self.say(format!(
-                "step {step:>6}  loss {loss:.4}  {detail}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s"
+                "step {step:>6}  loss {loss:.4}  {detail}  lr {lr:.2e}  gnorm {grad_norm:.3}  {tps:.0} tok/s{onpolicy}"
             ));
         }
     }

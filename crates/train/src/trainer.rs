@@ -49,6 +49,9 @@ pub struct TrainSummary {
     pub num_params: usize,
     pub model_dir: PathBuf,
     pub resumed_from_step: Option<usize>,
+    /// On-policy distillation: samples, stage throughputs and staleness of this invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onpolicy: Option<serde_json::Value>,
 }
 
 /// Train (or resume) the run described by `cfg` on `device` (a plain device; autodiff
@@ -190,7 +193,11 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let start_step = resumed_from_step.unwrap_or(0);
 
     let kd = cfg.distill.clone().unwrap_or_default();
-    let (source, valid_teacher) = build_source(cfg, train_data, device)?;
+    let prompts = match &cfg.onpolicy {
+        Some(o) => Some(crate::onpolicy::prompts_of(&train_data, o.prompt_tokens)?),
+        None => None,
+    };
+    let (source, valid_teacher, scorer) = build_source(cfg, train_data, device)?;
     if source.len() < t.batch_size {
         return Err(TrainError::Config {
             path: cfg.data.dataset.clone(),
@@ -202,6 +209,57 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         });
     }
     let distilling = cfg.teacher.is_some();
+    let onpolicy_log = out.join("onpolicy.jsonl");
+    let pipeline = match (&cfg.onpolicy, scorer, prompts) {
+        (Some(o), Some(scorer), Some(prompts)) => {
+            if o.lambda > 0.0 && prompts.len() < t.batch_size {
+                return Err(TrainError::Config {
+                    path: cfg.data.dataset.clone(),
+                    message: format!(
+                        "{} prompts, fewer than one batch of {}",
+                        prompts.len(),
+                        t.batch_size
+                    ),
+                });
+            }
+            if start_step > 0 {
+                truncate_metrics(&onpolicy_log, start_step)?;
+            }
+            let plan = crate::onpolicy::Plan {
+                seed: t.seed,
+                batch_size: t.batch_size,
+                grad_accum: t.grad_accum,
+                lambda: o.lambda,
+                first_step: start_step,
+                max_steps: t.max_steps,
+                max_staleness: o.max_staleness,
+                queue: o.queue,
+                generate: ember_student::GenerateConfig {
+                    max_new_tokens: o.max_new_tokens,
+                    temperature: o.temperature as f32,
+                    top_k: o.top_k,
+                    top_p: o.top_p as f32,
+                    seed: t.seed,
+                    stop_token: Some(manifest.eos_token_id),
+                },
+                k: onpolicy_k(cfg),
+            };
+            Some(crate::feed::OnPolicyFeed {
+                pipeline: crate::onpolicy::Pipeline::start(
+                    plan,
+                    prompts,
+                    scorer,
+                    device.clone(),
+                    onpolicy_log.clone(),
+                ),
+                objective: o.objective,
+                k: onpolicy_k(cfg),
+            })
+        }
+        _ => None,
+    };
+    let policy = pipeline.as_ref().map(|p| p.pipeline.policy.clone());
+    let onpolicy_stats = pipeline.as_ref().map(|p| p.pipeline.stats.clone());
     let feed = Arc::new(Mutex::new(TrainFeed::new(
         source,
         FeedConfig {
@@ -212,8 +270,10 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             kd,
             max_steps: t.max_steps,
             steps_per_epoch: shape.steps_per_epoch,
+            onpolicy_share: cfg.onpolicy.as_ref().map_or(0.0, |o| o.lambda),
         },
         start_step,
+        pipeline,
     )));
     let valid = Arc::new(ValidSet {
         data: valid_data,
@@ -250,6 +310,8 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         source,
     })?;
     let last_loss = logger.last_loss.clone();
+    let mut logger = logger;
+    logger.onpolicy = onpolicy_stats.clone();
     let mut training = SupervisedTraining::<Distiller>::new(
         out,
         Arc::new(TrainLoader {
@@ -298,8 +360,29 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         interrupter: training.interrupter(),
         ..NonFiniteGuard::default()
     };
+    let mut distiller = Distiller::new(student, t.grad_clip, guard.clone());
+    if let Some(policy) = &policy {
+        // the sampler starts from the weights this process starts from: the checkpoint's
+        // (burn-train loads them again at launch)
+        if let Some(step) = resumed_from_step {
+            let file = checkpoints.dir(step).join("model.bpk");
+            let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let record =
+                burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                    .map_err(|e| TrainError::Checkpoint {
+                    path: file,
+                    message: e.to_string(),
+                })?;
+            distiller = distiller.load_record(record);
+        }
+        policy.publish(start_step, distiller.student.valid());
+        distiller.clip.policy = Some(policy.clone());
+    }
     let learner = Learner::new(
-        Distiller::new(student, t.grad_clip, guard.clone()),
+        distiller,
         adamw(cfg),
         WarmupCosine {
             warmup: t.warmup_steps,
@@ -313,6 +396,9 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let start = Instant::now();
     let result = training.launch(learner);
     bar.finish_and_clear();
+    if let Some(policy) = &policy {
+        policy.close();
+    }
     if let Some(error) = result.error {
         return Err(TrainError::Training {
             path: out.clone(),
@@ -360,6 +446,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         num_params: student_cfg.num_params(),
         model_dir,
         resumed_from_step,
+        onpolicy: onpolicy_stats.map(|s| s.lock().expect("on-policy stats").json()),
     };
     write_file(
         &out.join("summary.json"),
@@ -368,6 +455,12 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             .as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// Teacher entries per position scored for on-policy batches: `teacher.top_k`, else 20
+/// (vLLM's default `--max-logprobs`).
+fn onpolicy_k(cfg: &TrainConfig) -> usize {
+    cfg.teacher.as_ref().and_then(|t| t.top_k).unwrap_or(20)
 }
 
 /// Optimizer steps per burn-train epoch: the largest number that divides both the
