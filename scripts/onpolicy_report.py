@@ -44,6 +44,9 @@ for run in RUNS:
             per_step.append(onp_by_step.get(st, 0) + (1 - n_on) * rows_per_step * seq)
         else:
             per_step.append(rows_per_step * seq)
+    # positions with a loss: generated tokens of on-policy batches, whole rows (seq - 1) of the others
+    n_on = len(onp)
+    trained = sum(b["generated_tokens"] for b in onp) + (steps - n_on) * rows_per_step * (seq - 1)
     cum = [0]
     for x in per_step:
         cum.append(cum[-1] + x)
@@ -58,7 +61,7 @@ for run in RUNS:
         "cats": [ev["per_category"][c]["exact_match"] for c in CATS],
         "teacher_tokens": cum[-1], "seconds": s["seconds"],
         "sample_tps": o.get("sample_tokens_per_second"), "score_tps": o.get("score_tokens_per_second"),
-        "loop_tps": o.get("loop_generated_tokens_per_second"), "train_tps": s["tokens_per_second"],
+        "loop_tps": o.get("loop_generated_tokens_per_second"), "train_tps": trained / s["seconds"],
         "staleness": o.get("max_staleness_seen"), "wait": o.get("wait_seconds"),
         "stopped": (o["rows_stopped"] / o["rows"]) if o.get("rows") else None,
     })

@@ -506,6 +506,13 @@ fn a_killed_on_policy_run_resumes_to_the_uninterrupted_result() {
         .map(|b| b["micro_batch"].as_u64().unwrap())
         .collect();
     assert_eq!(micro, straight, "each on-policy micro-batch logged once");
+    let tokens = |run: &Path| {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        s["tokens"].as_u64().unwrap()
+    };
+    assert_eq!(tokens(&resumed), tokens(&dir.path().join("straight")));
     // lambda = 0.5: some micro-batches were offline
     assert!(straight.len() > 4 && straight.len() < 20, "{straight:?}");
 }

@@ -434,6 +434,7 @@ impl JsonlLogger {
         let mut onpolicy = String::new();
         if let Some(stats) = &self.onpolicy {
             let stats = stats.lock().expect("on-policy stats");
+            row["tokens"] = stats.trained_positions(step).into();
             row["onpolicy"] = stats.json();
             onpolicy = format!(" | {}", stats.line());
         }
@@ -457,6 +458,13 @@ impl JsonlLogger {
             "step": step, "split": "validation", "tokens": step as u64 * self.shape.tokens_per_step,
             "loss": loss, "perplexity": loss.exp(), "eval_tokens": v["loss"].1 as u64,
         });
+        if let Some(stats) = &self.onpolicy {
+            row["tokens"] = stats
+                .lock()
+                .expect("on-policy stats")
+                .trained_positions(step)
+                .into();
+        }
         let mut teacher = String::new();
         if let (Some(kl), Some(top1)) = (
             Self::mean(&v, "kl_to_teacher"),

@@ -270,9 +270,26 @@ pub struct OnPolicyStats {
     pub last_staleness: usize,
     #[serde(skip)]
     pub started: Option<Instant>,
+    /// What the run trained before this process (from `onpolicy.jsonl`), and the positions
+    /// of one offline micro-batch, for [`OnPolicyStats::trained_positions`].
+    #[serde(skip)]
+    pub earlier: (usize, u64),
+    #[serde(skip)]
+    pub offline_positions: u64,
+    #[serde(skip)]
+    pub grad_accum: usize,
 }
 
 impl OnPolicyStats {
+    /// Positions with a loss trained by the end of optimizer step `step` (generated tokens
+    /// of on-policy micro-batches, whole rows of offline ones), assuming the batches up to
+    /// there were handed out.
+    pub fn trained_positions(&self, step: usize) -> u64 {
+        let on = self.earlier.0 + self.batches;
+        let offline = (step * self.grad_accum).saturating_sub(on) as u64;
+        self.earlier.1 + self.generated_tokens + offline * self.offline_positions
+    }
+
     pub fn sample_tokens_per_second(&self) -> f64 {
         self.generated_tokens as f64 / self.sample_seconds.max(1e-9)
     }
@@ -317,16 +334,29 @@ impl Pipeline {
     /// Start sampling at the first micro-batch of step `plan.first_step`. The policy must
     /// receive version `plan.first_step` (the weights the run starts from) before the
     /// first batch can be sampled.
+    /// `offline_positions`: positions with a loss of one offline micro-batch.
     pub fn start(
         plan: Plan,
         prompts: Vec<Vec<u32>>,
         scorer: Scorer,
         device: Device,
         log: PathBuf,
+        offline_positions: u64,
     ) -> Self {
         let policy = Arc::new(Policy::new(plan.max_staleness + 1));
+        // batches logged by the process(es) before this one (the log is cut to the checkpoint)
+        let earlier = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .fold((0usize, 0u64), |(n, g), v| {
+                (n + 1, g + v["generated_tokens"].as_u64().unwrap_or(0))
+            });
         let stats = Arc::new(Mutex::new(OnPolicyStats {
             started: Some(Instant::now()),
+            earlier,
+            offline_positions,
+            grad_accum: plan.grad_accum,
             ..OnPolicyStats::default()
         }));
         let (sampled_tx, sampled_rx) = sync_channel::<Result<Sampled, TrainError>>(plan.queue);

@@ -251,6 +251,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                     scorer,
                     device.clone(),
                     onpolicy_log.clone(),
+                    (t.batch_size * (seq_len - 1)) as u64,
                 ),
                 objective: o.objective,
                 k: onpolicy_k(cfg),
@@ -419,7 +420,13 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     log_eval(
         &metrics_path,
         t.max_steps,
-        t.max_steps as u64 * shape.tokens_per_step,
+        match &onpolicy_stats {
+            Some(s) => s
+                .lock()
+                .expect("on-policy stats")
+                .trained_positions(t.max_steps),
+            None => t.max_steps as u64 * shape.tokens_per_step,
+        },
         &validation,
         validation_kd.as_ref(),
     )?;
@@ -432,11 +439,26 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             source,
         }
     })?;
-    let trained_tokens = (t.max_steps - start_step) as u64 * shape.tokens_per_step;
+    // on-policy runs: generated tokens of their on-policy batches, whole rows of the others
+    let (tokens, trained_tokens) = match &onpolicy_stats {
+        Some(stats) => {
+            let s = stats.lock().expect("on-policy stats");
+            let total = s.trained_positions(t.max_steps);
+            let offline = ((t.max_steps - start_step) * t.grad_accum).saturating_sub(s.batches);
+            (
+                total,
+                s.generated_tokens + offline as u64 * s.offline_positions,
+            )
+        }
+        None => (
+            t.max_steps as u64 * shape.tokens_per_step,
+            (t.max_steps - start_step) as u64 * shape.tokens_per_step,
+        ),
+    };
     let final_train_loss = *last_loss.lock().expect("last loss");
     let summary = TrainSummary {
         steps: t.max_steps,
-        tokens: t.max_steps as u64 * shape.tokens_per_step,
+        tokens,
         seconds,
         tokens_per_second: trained_tokens as f64 / seconds.max(1e-9),
         final_train_loss,
