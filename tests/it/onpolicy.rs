@@ -197,13 +197,14 @@ fn batched_sampling_matches_one_prompt_at_a_time() {
         seed: 0,
         stop_token: Some(17),
     };
-    let batch = sample_batch(&model, &prompts, &seeds, &sampling, &device);
+    let batch = sample_batch(&model, &prompts, &seeds, &sampling, 96, &device);
     for (r, p) in prompts.iter().enumerate() {
         let alone = sample_batch(
             &model,
             std::slice::from_ref(p),
             &seeds[r..r + 1],
             &sampling,
+            96,
             &device,
         );
         assert_eq!(batch[r].tokens, alone[0].tokens, "row {r}");
@@ -233,6 +234,20 @@ fn batched_sampling_matches_one_prompt_at_a_time() {
                 "row {r} token {j}: {got} vs {want}"
             );
         }
+        // a student vocabulary padded beyond the tokenizer's: only tokenizer ids are drawn
+        let limited = sample_batch(
+            &model,
+            std::slice::from_ref(p),
+            &seeds[r..r + 1],
+            &sampling,
+            20,
+            &device,
+        );
+        assert!(
+            limited[0].tokens.iter().all(|&t| t < 20),
+            "{:?}",
+            limited[0].tokens
+        );
         if let Some(i) = batch[r].tokens.iter().position(|&t| t == 17) {
             assert_eq!(
                 i + 1,
@@ -515,4 +530,53 @@ fn a_killed_on_policy_run_resumes_to_the_uninterrupted_result() {
     assert_eq!(tokens(&resumed), tokens(&dir.path().join("straight")));
     // lambda = 0.5: some micro-batches were offline
     assert!(straight.len() > 4 && straight.len() < 20, "{straight:?}");
+}
+
+/// Recipes that cannot be run as written are refused before anything starts, naming the key.
+#[test]
+fn on_policy_recipes_that_cannot_run_are_refused_naming_the_key() {
+    let (model, _, _) = teacher();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let local = format!("model = {:?}", model.display().to_string());
+    let served = "url = \"http://127.0.0.1:9\"\nprotocol = \"vllm\"\nserved_model = \"t\"";
+    let cases = [
+        (local.as_str(), "temperature = 0.0", "onpolicy.temperature"),
+        (local.as_str(), "", "onpolicy.prompt_tokens"),
+        (local.as_str(), "lambda = 1.5", "onpolicy.lambda"),
+        (
+            "url = \"http://127.0.0.1:9\"\nserved_model = \"t\"",
+            "",
+            "teacher.protocol",
+        ),
+        (
+            "url = \"http://127.0.0.1:9\"\nprotocol = \"sglang\"",
+            "",
+            "teacher.served_model",
+        ),
+        (served, "lambda = 0.5", "onpolicy.lambda"),
+        (
+            &format!("{served}\ntimeout_s = 1e300"),
+            "",
+            "teacher.timeout_s",
+        ),
+    ];
+    for (teacher, onpolicy, key) in cases {
+        let recipe = recipe(dir.path(), teacher, onpolicy);
+        let mut args = run_args(recipe.to_str().unwrap(), &ds, "refused", "8");
+        if key == "onpolicy.prompt_tokens" {
+            args.extend(["--set", "onpolicy.prompt_tokens=0"]);
+        }
+        let err = crate::ember_err(dir.path(), &args);
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    // a served teacher without [onpolicy] would be ignored by offline distillation: refused
+    let path = dir.path().join("offline.toml");
+    std::fs::write(
+        &path,
+        format!("[data]\ndataset = {ds:?}\n\n[teacher]\n{served}\n"),
+    )
+    .unwrap();
+    let args = run_args(path.to_str().unwrap(), &ds, "refused", "8");
+    assert!(crate::ember_err(dir.path(), &args).contains("teacher.url"));
 }

@@ -142,11 +142,13 @@ pub struct Sample {
 /// to one length, the padding hidden by the KV cache's mask, and each row draws from its
 /// own generator seeded by `seeds[r]`, so a row's sample does not depend on the other rows.
 /// Decoding stops when every row has produced `cfg.stop_token` or `cfg.max_new_tokens`.
+/// Only ids below `vocab` are sampled (a student vocabulary padded beyond its tokenizer's).
 pub fn sample_batch(
     model: &Student,
     prompts: &[Vec<u32>],
     seeds: &[u64],
     cfg: &GenerateConfig,
+    vocab: usize,
     device: &Device,
 ) -> Vec<Sample> {
     assert_eq!(prompts.len(), seeds.len(), "one seed per prompt");
@@ -187,7 +189,7 @@ pub fn sample_batch(
                 input.push(*out[r].tokens.last().expect("a finished row has tokens") as i32);
                 continue;
             }
-            let (next, lp) = sample_next_with_logprob(row, cfg, &mut rngs[r]);
+            let (next, lp) = sample_next_with_logprob(&row[..vocab.min(v)], cfg, &mut rngs[r]);
             out[r].tokens.push(next);
             out[r].logprobs.push(lp);
             done[r] = Some(next) == cfg.stop_token;

@@ -101,8 +101,10 @@ impl KvCache {
     }
 
     /// The attention mask `[b, 1, t, start + t]` of `t` new queries after `start` cached
-    /// positions (true = hidden): padded keys, except each position's own key, so that a
-    /// padding query still has one key and no row of the softmax is empty.
+    /// positions (true = hidden): future keys (causality is in the mask, so backends whose
+    /// causal flag cannot be combined with a mask, like libtorch's, read it the same) and
+    /// padded keys, except each position's own key, so that a padding query still has one
+    /// key and no row of the softmax is empty.
     fn attention_mask(&self, start: usize, t: usize) -> Option<Tensor<4, Bool>> {
         let pad = self.padding.as_ref()?;
         let [b, width] = pad.dims();
@@ -122,14 +124,16 @@ impl KvCache {
                 1,
             )
         };
-        let own: Vec<bool> = (0..t)
-            .flat_map(|i| (0..total).map(move |j| j == start + i))
-            .collect();
-        let own = Tensor::<2, Bool>::from_data(TensorData::new(own, [t, total]), &device)
-            .unsqueeze::<4>()
-            .expand([b, 1, t, total]);
+        let (own, future): (Vec<bool>, Vec<bool>) = (0..t)
+            .flat_map(|i| (0..total).map(move |j| (j == start + i, j > start + i)))
+            .unzip();
+        let grid = |v: Vec<bool>| {
+            Tensor::<2, Bool>::from_data(TensorData::new(v, [t, total]), &device)
+                .unsqueeze::<4>()
+                .expand([b, 1, t, total])
+        };
         let keys = keys.reshape([b, 1, 1, total]).expand([b, 1, t, total]);
-        Some(keys.bool_and(own.bool_not()))
+        Some(keys.bool_and(grid(own).bool_not()).bool_or(grid(future)))
     }
 }
 
@@ -296,9 +300,10 @@ impl Attention {
             // training: one graph node with a hand-derived backward pass
             causal_attention(q, k, v)
         } else {
-            // Causal mask aligned bottom-right, so cached decoding attends to the whole prefix.
+            // Causal mask aligned bottom-right, so cached decoding attends to the whole prefix;
+            // a padding mask carries causality itself.
             let options = AttentionModuleOptions {
-                is_causal: true,
+                is_causal: mask.is_none(),
                 ..Default::default()
             };
             let mask = mask.map(|m| {

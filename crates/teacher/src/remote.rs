@@ -129,7 +129,9 @@ impl RemoteTeacher {
                         delay.as_secs_f64()
                     );
                     std::thread::sleep(delay);
-                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                    delay = delay
+                        .saturating_mul(2)
+                        .min(std::time::Duration::from_secs(30));
                 }
             }
         }

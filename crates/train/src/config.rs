@@ -355,6 +355,9 @@ impl TrainConfig {
                     o.temperature
                 ));
             }
+            if o.prompt_tokens == 0 {
+                return Err("onpolicy.prompt_tokens must be at least 1".into());
+            }
             if !(o.top_p > 0.0 && o.top_p <= 1.0) {
                 return Err(format!("onpolicy.top_p {} must lie in (0, 1]", o.top_p));
             }

@@ -190,10 +190,12 @@ fn remote_teacher(teacher: &TeacherSection, url: &str) -> Result<RemoteTeacher, 
     let defaults = RetryPolicy::default();
     let secs = |v: Option<f64>, key: &str, default: std::time::Duration| match v {
         None => Ok(default),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(std::time::Duration::from_secs_f64(s)),
+        Some(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
+            Ok(std::time::Duration::from_secs_f64(s))
+        }
         Some(s) => Err(TrainError::Config {
             path: format!("teacher.{key}").into(),
-            message: format!("{s} is not a number of seconds"),
+            message: format!("{s} is not a number of seconds between 0 and 86400"),
         }),
     };
     let retry = RetryPolicy {

@@ -228,6 +228,9 @@ pub struct Plan {
     pub generate: GenerateConfig,
     /// Teacher entries per position.
     pub k: usize,
+    /// Ids the student may sample: the dataset tokenizer's (a padded student vocabulary's
+    /// extra ids mean nothing to the teacher).
+    pub vocab: usize,
 }
 
 /// One sampled micro-batch.
@@ -499,7 +502,32 @@ fn sampler(
             })
             .collect();
         let started = Instant::now();
-        let samples = sample_batch(&student, &batch, &seeds, &plan.generate, &device);
+        // a panic in the student's forward reaches the trainer as an error, not as silence
+        let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sample_batch(
+                &student,
+                &batch,
+                &seeds,
+                &plan.generate,
+                plan.vocab,
+                &device,
+            )
+        }));
+        let samples = match sampled {
+            Ok(s) => s,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let _ = tx.send(Err(TrainError::Training {
+                    path: PathBuf::from("[onpolicy]"),
+                    message: format!("sampling micro-batch {m} failed: {message}"),
+                }));
+                return;
+            }
+        };
         let item = Sampled {
             micro: m,
             version,
@@ -529,7 +557,20 @@ fn scorer_loop(
                 .map(|(p, x)| p.iter().chain(&x.tokens).map(|&t| t as i32).collect())
                 .collect();
             let started = Instant::now();
-            let scores = scorer.score(&rows, k)?;
+            let scores =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scorer.score(&rows, k)))
+                    .map_err(|panic| TrainError::Training {
+                        path: PathBuf::from("[teacher]"),
+                        message: format!(
+                            "scoring micro-batch {} failed: {}",
+                            s.micro,
+                            panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default()
+                        ),
+                    })??;
             Ok(Scored {
                 micro: s.micro,
                 version: s.version,

@@ -222,9 +222,8 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                     ),
                 });
             }
-            if start_step > 0 {
-                truncate_metrics(&onpolicy_log, start_step)?;
-            }
+            // a fresh run drops the log of an earlier attempt in this directory
+            truncate_metrics(&onpolicy_log, start_step)?;
             let plan = crate::onpolicy::Plan {
                 seed: t.seed,
                 batch_size: t.batch_size,
@@ -243,6 +242,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                     stop_token: Some(manifest.eos_token_id),
                 },
                 k: onpolicy_k(cfg),
+                vocab: manifest.vocab_size,
             };
             Some(crate::feed::OnPolicyFeed {
                 pipeline: crate::onpolicy::Pipeline::start(
