@@ -9,7 +9,9 @@ tokens and against wall time). Standard library only.
 import json, os, sys
 
 root = sys.argv[1]
-RUNS = ["ce", "offline-kd", "onpolicy-sampled-kl", "onpolicy-jsd", "onpolicy-mix"]
+RUNS = ["ce", "offline-kd", "onpolicy-sampled-kl", "onpolicy-jsd", "onpolicy-mix",
+        "sft-then-ce", "sft-then-offline-kd", "sft-then-onpolicy-sampled-kl", "sft-then-onpolicy-jsd",
+        "sft-then-onpolicy-sampled-kl-lr2e-4", "sft-then-onpolicy-mix"]
 CATS = ["customs", "delivery_exception", "routing", "shipment_status"]
 
 
@@ -36,9 +38,9 @@ for run in RUNS:
         onp_by_step[b["step"]] = onp_by_step.get(b["step"], 0) + b["scored_tokens"]
     per_step = []
     for st in range(1, steps + 1):
-        if run == "ce":
+        if run.endswith("ce") and "kd" not in run:
             per_step.append(0)
-        elif run.startswith("onpolicy"):
+        elif "onpolicy" in run:
             # micro-batches of this step that were not on-policy were offline rows
             n_on = sum(1 for b in onp if b["step"] == st)
             per_step.append(onp_by_step.get(st, 0) + (1 - n_on) * rows_per_step * seq)
@@ -79,7 +81,7 @@ print("\n".join(out))
 
 # SVG: two panels, validation loss vs teacher-scored tokens and vs wall seconds
 W, H, P = 460, 300, 50
-colors = ["#444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+colors = ["#444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#17becf", "#ff7f0e", "#bcbd22", "#e377c2", "#8c564b"]
 def panel(x0, key, label):
     pts = [(c[key], c[3]) for v in curves.values() for c in v]
     xs, ys = [p[0] for p in pts] or [1], [p[1] for p in pts] or [1]
@@ -93,15 +95,15 @@ def panel(x0, key, label):
          f'<text x="{x0 + P - 4}" y="{P + 4}" font-size="10" text-anchor="end">{ymax:.2f}</text>',
          f'<text x="{x0 + P - 4}" y="{H - P}" font-size="10" text-anchor="end">{ymin:.2f}</text>']
     for (run, c), col in zip(curves.items(), colors):
-        if key == 1 and run == "ce":
+        if key == 1 and run.endswith("ce") and "kd" not in run:
             continue
         path = " ".join(f"{sx(p[key]):.1f},{sy(p[3]):.1f}" for p in c)
         g.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2"/>')
     return g
-svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H + 30}" font-family="sans-serif">',
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(2 * W, 10 + 100 * len(curves))}" height="{H + 30}" font-family="sans-serif">',
        '<text x="10" y="20" font-size="13">validation answer loss (nats/token) of the nano student</text>']
 svg += panel(0, 1, "teacher-scored tokens") + panel(W, 2, "wall seconds (2 CPU cores)")
 for i, (run, col) in enumerate(zip(curves, colors)):
-    svg.append(f'<text x="{P + 120 * i}" y="{H + 22}" font-size="11" fill="{col}">{run}</text>')
+    svg.append(f'<text x="{10 + 100 * i}" y="{H + 22}" font-size="9" fill="{col}">{run}</text>')
 svg.append("</svg>")
 open(os.path.join(root, "validation.svg"), "w").write("\n".join(svg))
