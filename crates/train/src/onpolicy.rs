@@ -516,14 +516,9 @@ fn sampler(
         let samples = match sampled {
             Ok(s) => s,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
                 let _ = tx.send(Err(TrainError::Training {
                     path: PathBuf::from("[onpolicy]"),
-                    message: format!("sampling micro-batch {m} failed: {message}"),
+                    message: format!("sampling micro-batch {m} failed: {}", panic_text(&*panic)),
                 }));
                 return;
             }
@@ -539,6 +534,15 @@ fn sampler(
             return;
         }
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 /// The teacher thread: score each sampled micro-batch in order.
@@ -564,11 +568,7 @@ fn scorer_loop(
                         message: format!(
                             "scoring micro-batch {} failed: {}",
                             s.micro,
-                            panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default()
+                            panic_text(&*panic)
                         ),
                     })??;
             Ok(Scored {
