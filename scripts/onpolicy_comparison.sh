@@ -43,5 +43,7 @@ run "$STEPS2" sft-then-onpolicy-jsd $E distill --config configs/logistics-onpoli
 # micro-batches offline JSD on the dataset's answers)
 run "$STEPS2" sft-then-onpolicy-sampled-kl-lr2e-4 $E distill --config configs/logistics-onpolicy.toml --set "$SFT" \
   --set train.lr=2e-4 --set train.min_lr=2e-5
+run "$STEPS2" sft-then-onpolicy-jsd-t0.7-lr2e-4 $E distill --config configs/logistics-onpolicy.toml --set "$SFT" \
+  --set onpolicy.objective=distribution --set onpolicy.temperature=0.7 --set train.lr=2e-4 --set train.min_lr=2e-5
 run "$STEPS2" sft-then-onpolicy-mix $E distill --config configs/logistics-onpolicy.toml --set "$SFT" --set onpolicy.lambda=0.5
 python3 scripts/onpolicy_report.py reports/onpolicy

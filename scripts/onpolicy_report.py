@@ -11,7 +11,7 @@ import json, os, sys
 root = sys.argv[1]
 RUNS = ["ce", "offline-kd", "onpolicy-sampled-kl", "onpolicy-jsd", "onpolicy-mix",
         "sft-then-ce", "sft-then-offline-kd", "sft-then-onpolicy-sampled-kl", "sft-then-onpolicy-jsd",
-        "sft-then-onpolicy-sampled-kl-lr2e-4", "sft-then-onpolicy-mix"]
+        "sft-then-onpolicy-sampled-kl-lr2e-4", "sft-then-onpolicy-jsd-t0.7-lr2e-4", "sft-then-onpolicy-mix"]
 CATS = ["customs", "delivery_exception", "routing", "shipment_status"]
 
 
@@ -81,7 +81,7 @@ print("\n".join(out))
 
 # SVG: two panels, validation loss vs teacher-scored tokens and vs wall seconds
 W, H, P = 460, 300, 50
-colors = ["#444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#17becf", "#ff7f0e", "#bcbd22", "#e377c2", "#8c564b"]
+colors = ["#444", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#17becf", "#ff7f0e", "#bcbd22", "#e377c2", "#8c564b", "#aec7e8"]
 def panel(x0, key, label):
     pts = [(c[key], c[3]) for v in curves.values() for c in v]
     xs, ys = [p[0] for p in pts] or [1], [p[1] for p in pts] or [1]
