@@ -142,18 +142,34 @@ pub struct TrainStepOutput {
 }
 
 /// A training step's loss tensors (total, KD, CE) and, when distilling, the student's
-/// argmax with the teacher's top-1.
+/// argmax with the teacher's top-1 and the targets (agreement counts positions with a loss).
 struct PendingTrain {
     total: Tensor<1>,
     kd: Tensor<1>,
     ce: Tensor<1>,
-    agreement: Option<(Tensor<2, Int>, Vec<i32>)>,
+    agreement: Option<(Tensor<2, Int>, Vec<i32>, Tensor<2, Int>)>,
 }
 
-/// A validation step's cross-entropy and, when distilling, KL, argmax and teacher top-1.
+/// A validation step's cross-entropy and, when distilling, KL, argmax, teacher top-1 and
+/// the targets.
 struct PendingValid {
     ce: Tensor<1>,
-    teacher: Option<(Tensor<1>, Tensor<3, Int>, Vec<i32>)>,
+    teacher: Option<(Tensor<1>, Tensor<3, Int>, Vec<i32>, Tensor<2, Int>)>,
+}
+
+/// The teacher's top-1 with positions that have no loss (negative target: prompt, padding)
+/// marked -1, so that agreement counts the positions the loss covers.
+fn top1_with_loss(mut top1: Vec<i32>, targets: Tensor<2, Int>) -> Result<Vec<i32>, ExecutionError> {
+    let targets = targets
+        .try_into_data()?
+        .try_into_vec_as::<i64>()
+        .expect("int targets");
+    for (t, y) in top1.iter_mut().zip(targets) {
+        if y < 0 {
+            *t = -1;
+        }
+    }
+    Ok(top1)
 }
 
 /// Host-side numbers of one training or validation micro-batch; every metric reads these.
@@ -184,6 +200,7 @@ impl TrainStep for Distiller {
         // losses in f32 whatever the compute precision; logits chunk by chunk inside the
         // loss, never as a whole [b, t, V] tensor
         let hidden = self.student.forward_hidden(item.inputs, None);
+        let targets = item.targets.clone();
         let HiddenLoss { out, argmax } = match &item.sampled {
             Some(sampled) => {
                 sampled_loss_from_hidden(hidden, self.student.head_weight(), sampled, item.targets)
@@ -203,8 +220,8 @@ impl TrainStep for Distiller {
             .backward();
         let done_at = Some(Instant::now());
         let agreement = match (item.teacher, item.sampled) {
-            (Some(t), _) => Some((argmax, t.top1)),
-            (None, Some(s)) => Some((argmax, s.top1)),
+            (Some(t), _) => Some((argmax, t.top1, targets)),
+            (None, Some(s)) => Some((argmax, s.top1, targets)),
             (None, None) => None,
         };
         let output = TrainStepOutput {
@@ -271,7 +288,8 @@ impl ItemLazy for TrainStepOutput {
                 self.guard
                     .report(step, format!("training loss is {}", self.stats.loss));
             }
-            if let Some((argmax, teacher_top1)) = agreement {
+            if let Some((argmax, teacher_top1, targets)) = agreement {
+                let teacher_top1 = top1_with_loss(teacher_top1, targets)?;
                 self.stats.kd = Some(host_scalar(kd)?);
                 self.stats.ce = Some(host_scalar(ce)?);
                 let argmax = argmax
@@ -343,8 +361,8 @@ pub fn valid_step(student: &Student, item: ValidBatch) -> ValidStepOutput {
             ..KdConfig::default()
         };
         let argmax = logits.clone().argmax(2);
-        let kl = kd_loss(logits, &t.teacher, t.targets, &cfg).kd;
-        (kl, argmax, t.teacher.top1)
+        let kl = kd_loss(logits, &t.teacher, t.targets.clone(), &cfg).kd;
+        (kl, argmax, t.teacher.top1, t.targets)
     });
     ValidStepOutput {
         pending: Some(PendingValid { ce, teacher }),
@@ -359,13 +377,15 @@ impl ItemLazy for ValidStepOutput {
     fn sync(mut self) -> Result<Self, ExecutionError> {
         if let Some(PendingValid { ce, teacher }) = self.pending.take() {
             self.stats.loss = host_scalar(ce)?;
-            if let Some((kl, argmax, top1)) = teacher {
+            if let Some((kl, argmax, top1, targets)) = teacher {
                 self.stats.kl = Some(host_scalar(kl)?);
                 let argmax = argmax
                     .try_into_data()?
                     .try_into_vec_as::<i64>()
                     .expect("int argmax");
-                self.stats.top1 = Some((top1_agreement(&argmax, &top1), top1.len()));
+                let top1 = top1_with_loss(top1, targets)?;
+                let n = top1.iter().filter(|&&t| t >= 0).count();
+                self.stats.top1 = Some((top1_agreement(&argmax, &top1), n));
             }
         }
         Ok(self)
@@ -458,5 +478,23 @@ impl LrScheduler for WarmupCosine {
         if let Some(step) = record.scalar::<u64>("step") {
             self.step = step as usize;
         }
+    }
+}
+
+#[cfg(test)]
+mod agreement_tests {
+    use super::*;
+
+    #[test]
+    fn top1_agreement_counts_only_positions_with_a_loss() {
+        let device = Device::flex();
+        let targets = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![-100i64, 3, -100, 4], [1, 4]),
+            &device,
+        );
+        let top1 = top1_with_loss(vec![5, 6, 7, 8], targets).unwrap();
+        assert_eq!(top1, vec![-1, 6, -1, 8]);
+        // the student matches at positions 0 (no loss), 1 (hit) and 2 (no loss), misses 3
+        assert_eq!(top1_agreement(&[5, 6, 7, 0], &top1), 0.5);
     }
 }
