@@ -301,16 +301,22 @@ impl Attention {
             causal_attention(q, k, v)
         } else {
             // Causal mask aligned bottom-right, so cached decoding attends to the whole prefix;
-            // a padding mask carries causality itself.
+            // a padding mask carries causality itself and goes in as an additive bias (0 or
+            // -1e9): burn-tch hands boolean masks to libtorch, whose `true` means "attend",
+            // the opposite of Burn's, while every backend adds a bias the same way.
             let options = AttentionModuleOptions {
                 is_causal: mask.is_none(),
                 ..Default::default()
             };
-            let mask = mask.map(|m| {
+            let bias = mask.map(|m| {
                 let [_, _, tq, tk] = m.dims();
-                m.clone().expand([b, nh, tq, tk])
+                m.clone()
+                    .expand([b, nh, tq, tk])
+                    .float()
+                    .mul_scalar(-1e9)
+                    .cast(q.dtype())
             });
-            attention(q, k, v, mask, None, options)
+            attention(q, k, v, None, bias, options)
         };
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, t, nh * hd]))
