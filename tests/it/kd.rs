@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use burn::prelude::*;
 use ember_train::{KdConfig, KdLoss, TailMode, TeacherTargets, kd_loss};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, tensor::TensorView};
 
-use crate::{python, root};
+use crate::python_reference;
 
 const B: usize = 2;
 const T: usize = 3;
@@ -136,7 +136,6 @@ fn loss_and_grad(cfg: &KdConfig, device: &Device, from_hidden: bool) -> (f32, f3
 #[test]
 fn every_loss_matches_pytorch_in_value_and_gradient() {
     let device = Device::flex();
-    let dir = tempfile::tempdir().unwrap();
     let (logits, ids, lps, labels) = inputs();
     let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let i64b = |v: &[i32]| {
@@ -165,35 +164,12 @@ fn every_loss_matches_pytorch_in_value_and_gradient() {
     ];
     let cases = cases();
     let spec: Vec<serde_json::Value> = cases.iter().map(|c| c.1.clone()).collect();
-    let input = dir.path().join("in.safetensors");
     let meta = HashMap::from([(
         "cases".to_string(),
         serde_json::Value::from(spec).to_string(),
     )]);
-    safetensors::serialize_to_file(views, Some(meta), &input).unwrap();
-    let output = dir.path().join("out.safetensors");
-    let out = std::process::Command::new(python())
-        .arg(root().join("tests/python/kd_reference.py"))
-        .arg(&input)
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bytes = std::fs::read(&output).unwrap();
-    let reference = SafeTensors::deserialize(&bytes).unwrap();
-    let read = |name: &str| -> Vec<f32> {
-        reference
-            .tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
+    let reference = python_reference("kd_reference.py", views, Some(meta));
+    let read = |name: &str| reference[name].clone();
     let mut table = Vec::new();
     for (i, (cfg, spec)) in cases.iter().enumerate() {
         let rg = read(&format!("grad_{i}"));

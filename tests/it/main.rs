@@ -185,3 +185,73 @@ pub fn rewrite_safetensors(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<Ow
         .collect();
     safetensors::serialize_to_file(views, None, dst).unwrap();
 }
+
+/// A child process killed (and reaped) when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawn a server (`ember serve` or a test proxy) whose first stdout line is
+/// `<word> <word> <URL> ...`; returns its guard and the URL.
+pub fn spawn_server(cmd: &mut Command) -> (ChildGuard, String) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped stdout")),
+        &mut line,
+    )
+    .expect("server banner");
+    let url = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
+        .to_string();
+    (ChildGuard(child), url)
+}
+
+/// Run the PyTorch reference `tests/python/<script>` on `inputs` (safetensors, with
+/// `metadata`) and return its f32 outputs by name.
+pub fn python_reference(
+    script: &str,
+    inputs: Vec<(String, safetensors::tensor::TensorView<'_>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> std::collections::HashMap<String, Vec<f32>> {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    safetensors::serialize_to_file(inputs, metadata, &input).unwrap();
+    let out = Command::new(python())
+        .arg(root().join("tests/python").join(script))
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&output).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, v)
+        })
+        .collect()
+}

@@ -2,18 +2,20 @@
 //! against one prompt at a time, and whole runs with an in-process teacher, a served one,
 //! a served one that fails every few requests, and a killed and resumed run.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use burn::prelude::*;
 use ember_student::{GenerateConfig, StudentConfig, sample_batch};
 use ember_train::{SampledTargets, sampled_loss_from_hidden_in_chunks};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, tensor::TensorView};
 
 use crate::distill::{student_args, teacher};
 use crate::record::start_server;
-use crate::{ember, ember_ok, kill_when, python, root, small_dataset};
+use crate::{
+    ChildGuard, ember, ember_ok, kill_when, python, python_reference, root, small_dataset,
+    spawn_server,
+};
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -63,7 +65,6 @@ fn the_sampled_kl_objective_matches_pytorch_in_value_and_gradient() {
         .map(|(o, n)| o + 0.3 * n)
         .collect();
     for (case, slp) in [("stale policy", stale), ("on-policy", own)] {
-        let dir = tempfile::tempdir().unwrap();
         let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let yb: Vec<u8> = labels
             .iter()
@@ -92,31 +93,9 @@ fn the_sampled_kl_objective_matches_pytorch_in_value_and_gradient() {
                 TensorView::new(Dtype::F32, vec![B, T], &sb).unwrap(),
             ),
         ];
-        let input = dir.path().join("in.safetensors");
-        safetensors::serialize_to_file(views, None, &input).unwrap();
-        let output = dir.path().join("out.safetensors");
-        let out = Command::new(python())
-            .arg(root().join("tests/python/onpolicy_reference.py"))
-            .arg(&input)
-            .arg(&output)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bytes = std::fs::read(&output).unwrap();
-        let reference = SafeTensors::deserialize(&bytes).unwrap();
-        let read = |name: &str| -> Vec<f32> {
-            reference
-                .tensor(name)
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect()
-        };
+        let views = views.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+        let reference = python_reference("onpolicy_reference.py", views, None);
+        let read = |name: &str| reference[name].clone();
         for chunk in [B * T, 3, 1] {
             let h = Tensor::<3>::from_data(TensorData::new(hidden.clone(), [B, T, D]), &ad)
                 .require_grad();
@@ -356,7 +335,7 @@ fn on_policy_distillation_with_an_in_process_teacher_lowers_the_loss_on_own_samp
 /// in-process teacher gives, with the same seed.
 #[test]
 fn on_policy_distillation_from_a_served_teacher_matches_the_in_process_one() {
-    let (model, _, _) = teacher();
+    let (model, _, vlogits) = teacher();
     let dir = tempfile::tempdir().unwrap();
     let ds = small_dataset().to_str().unwrap().to_string();
     let (_server, url) = start_server(model, &[]);
@@ -368,7 +347,10 @@ fn on_policy_distillation_from_a_served_teacher_matches_the_in_process_one() {
         ),
         (
             "vllm",
-            format!("url = {url:?}\nprotocol = \"vllm\"\nserved_model = \"teacher\"\ntop_k = 8"),
+            format!(
+                "url = {url:?}\nprotocol = \"vllm\"\nserved_model = \"teacher\"\ntop_k = 8\nvalidation_logits = {:?}",
+                vlogits.display().to_string()
+            ),
         ),
         (
             "sglang",
@@ -390,6 +372,17 @@ fn on_policy_distillation_from_a_served_teacher_matches_the_in_process_one() {
             .iter()
             .map(|r| r["kd_loss"].as_f64().unwrap())
             .collect();
+        if *name == "vllm" {
+            // recorded validation logits are honoured beside a served teacher
+            let summary: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join(&out).join("summary.json")).unwrap(),
+            )
+            .unwrap();
+            assert!(
+                summary["validation_kd"]["kl"].as_f64().unwrap() > 0.0,
+                "{summary}"
+            );
+        }
         losses.push((name, generated, kd));
     }
     let (_, generated0, kd0) = &losses[0];
@@ -404,29 +397,13 @@ fn on_policy_distillation_from_a_served_teacher_matches_the_in_process_one() {
     }
 }
 
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn flaky_proxy(upstream: &str, every: &str) -> (Proxy, String) {
-    let mut child = Command::new(python())
-        .arg(root().join("tests/python/flaky_proxy.py"))
-        .args([upstream, every])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    (Proxy(child), url)
+fn flaky_proxy(upstream: &str, every: &str) -> (ChildGuard, String) {
+    spawn_server(
+        Command::new(python())
+            .arg(root().join("tests/python/flaky_proxy.py"))
+            .args([upstream, every])
+            .stderr(Stdio::null()),
+    )
 }
 
 /// A served teacher that answers 500, drops the connection, sends broken JSON or misses

@@ -1,9 +1,8 @@
 //! Recording teacher logits: local teachers, resumption, vocabulary checks, and remote
 //! teachers behind a real HTTP server (`ember serve`) speaking vLLM's and SGLang's protocols.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -11,7 +10,7 @@ use ember_data::{LogitsManifest, read_logits_shard};
 use ember_teacher::load_teacher;
 
 use crate::teacher::fixture;
-use crate::{ember_err, ember_ok, python, small_dataset};
+use crate::{ChildGuard, ember_err, ember_ok, python, small_dataset, spawn_server};
 
 /// A teacher directory: the llama fixture plus the test dataset's tokenizer (both 512 ids).
 pub fn teacher_dir(parent: &Path) -> PathBuf {
@@ -228,42 +227,22 @@ fn a_teacher_with_another_tokenizer_or_a_smaller_vocabulary_is_refused() {
     );
 }
 
-pub struct ServerGuard(Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Start `ember serve` on a free loopback port; returns the guard and the base URL.
-pub fn start_server(model: &Path, extra: &[&str]) -> (ServerGuard, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args([
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--served-model-name",
-            "teacher",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("unexpected server banner {line:?}"))
-        .to_string();
-    (ServerGuard(child), url)
+pub fn start_server(model: &Path, extra: &[&str]) -> (ChildGuard, String) {
+    spawn_server(
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args([
+                "serve",
+                "--model",
+                model.to_str().unwrap(),
+                "--addr",
+                "127.0.0.1:0",
+                "--served-model-name",
+                "teacher",
+            ])
+            .args(extra)
+            .stderr(Stdio::inherit()),
+    )
 }
 
 #[test]

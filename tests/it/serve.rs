@@ -4,11 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::record::{start_server, teacher_dir};
-use crate::{ember_ok, python, root, small_dataset};
+use crate::{ember_ok, python, root, small_dataset, spawn_server};
 
 fn post(url: &str, path: &str, body: &str) -> (u16, String) {
     match ureq::post(&format!("{url}{path}"))
@@ -386,25 +386,13 @@ fn a_remote_teacher_over_https_records_like_over_http() {
 
     let teacher = teacher_dir(d);
     let (_server, url) = start_server(&teacher, &[]);
-    let mut proxy = Command::new(python())
-        .arg(root().join("tests/python/https_proxy.py"))
-        .args(["srv.pem", "srv.key", &url])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let https = line
-        .split_whitespace()
-        .nth(2)
-        .expect("proxy banner")
-        .to_string();
-    assert!(https.starts_with("https://"), "{line}");
+    let (proxy, https) = spawn_server(
+        Command::new(python())
+            .arg(root().join("tests/python/https_proxy.py"))
+            .args(["srv.pem", "srv.key", &url])
+            .current_dir(d),
+    );
+    assert!(https.starts_with("https://"), "{https}");
     let ds = small_dataset().to_str().unwrap().to_string();
     let record = |url: &str, out: &str, ca: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
@@ -469,7 +457,7 @@ fn a_remote_teacher_over_https_records_like_over_http() {
             "512",
         ],
     );
-    let _ = proxy.kill();
+    drop(proxy);
     let (_, a) = ember_data::read_logits_shard(&d.join("tls/train-00000.arrow")).unwrap();
     let (_, b) = ember_data::read_logits_shard(&d.join("plain/train-00000.arrow")).unwrap();
     assert_eq!(a, b, "the same rows over https and http");

@@ -101,13 +101,15 @@ pub fn build_source(
             }
             (None, Some(dir)) => {
                 let online = in_process(teacher, dir, &train, &ours, dataset, device)?;
+                let valid = recorded_validation(teacher, &ours, dataset)?
+                    .unwrap_or_else(|| ValidTeacher::Online(online.clone()));
                 Ok((
                     Source::Online {
                         data: train,
                         perm: Vec::new(),
-                        teacher: online.clone(),
+                        teacher: online,
                     },
-                    Some(ValidTeacher::Online(online)),
+                    Some(valid),
                     None,
                 ))
             }
@@ -146,7 +148,10 @@ pub fn build_source(
                 perm: Vec::new(),
                 teacher: t.clone(),
             },
-            Some(ValidTeacher::Online(t.clone())),
+            Some(
+                recorded_validation(teacher, &ours, dataset)?
+                    .unwrap_or_else(|| ValidTeacher::Online(t.clone())),
+            ),
         ),
         (None, None) if onpolicy.lambda < 1.0 => {
             return Err(TrainError::Config {
@@ -162,7 +167,7 @@ pub fn build_source(
                 data: train,
                 perm: Vec::new(),
             },
-            None,
+            recorded_validation(teacher, &ours, dataset)?,
         ),
     };
     Ok((source, valid, Some(scorer)))
@@ -235,22 +240,29 @@ fn recorded(
             ours,
         ));
     }
-    let valid = match &teacher.validation_logits {
-        Some(vdir) => {
-            let v = LogitsStream::open(vdir)?;
-            if v.manifest.meta.tokenizer_sha256 != ours {
-                return Err(tokenizer_mismatch(
-                    &format!("teacher logits {}", vdir.display()),
-                    &v.manifest.meta.tokenizer_sha256,
-                    dataset,
-                    ours,
-                ));
-            }
-            Some(ValidTeacher::Offline(v.all_rows()?))
-        }
-        None => None,
-    };
+    let valid = recorded_validation(teacher, ours, dataset)?;
     Ok((Source::Offline(stream), valid))
+}
+
+/// The recorded validation logits (`teacher.validation_logits`), when given.
+fn recorded_validation(
+    teacher: &TeacherSection,
+    ours: &str,
+    dataset: &std::path::Path,
+) -> Result<Option<ValidTeacher>, TrainError> {
+    let Some(vdir) = &teacher.validation_logits else {
+        return Ok(None);
+    };
+    let v = LogitsStream::open(vdir)?;
+    if v.manifest.meta.tokenizer_sha256 != ours {
+        return Err(tokenizer_mismatch(
+            &format!("teacher logits {}", vdir.display()),
+            &v.manifest.meta.tokenizer_sha256,
+            dataset,
+            ours,
+        ));
+    }
+    Ok(Some(ValidTeacher::Offline(v.all_rows()?)))
 }
 
 /// The teacher of `dir` loaded in this process, checked against the dataset's tokenizer.

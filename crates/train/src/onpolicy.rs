@@ -476,8 +476,7 @@ fn sampler(
         cursor += b;
         (epoch, cursor - b)
     };
-    for m in (0..first).filter(|&m| on(m)) {
-        let _ = m;
+    for _ in (0..first).filter(|&m| on(m)) {
         take();
     }
     let mut perm_epoch = usize::MAX;
@@ -662,15 +661,6 @@ pub fn tensors(
             Some(SampledTargets::new(tlp, slp, top1, b, t, device)),
         ),
     };
-    let mut teacher = teacher;
-    if let Some(tt) = teacher.as_mut() {
-        // agreement on the generated positions only
-        for (i, v) in tt.top1.iter_mut().enumerate() {
-            if targets[i] < 0 {
-                *v = -1;
-            }
-        }
-    }
     OnPolicyTensors {
         inputs: Tensor::from_data(TensorData::new(inputs, [b, t]), device),
         targets: Tensor::from_data(TensorData::new(targets, [b, t]), device),
