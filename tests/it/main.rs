@@ -7,6 +7,7 @@ mod data;
 mod distill;
 mod errors;
 mod kd;
+mod logits;
 mod nonfinite;
 mod onpolicy;
 mod record;

@@ -27,7 +27,7 @@ pub fn teacher_dir(parent: &Path) -> PathBuf {
     dir
 }
 
-fn record_args<'a>(teacher: &'a str, out: &'a str, ds: &'a str) -> Vec<&'a str> {
+pub fn record_args<'a>(teacher: &'a str, out: &'a str, ds: &'a str) -> Vec<&'a str> {
     vec![
         "record",
         "--teacher",

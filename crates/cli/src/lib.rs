@@ -13,6 +13,7 @@ mod experiment;
 mod export;
 mod generate;
 mod import;
+mod logits;
 mod record;
 mod serve;
 mod tokenizer;
@@ -51,6 +52,9 @@ enum Command {
     Record(record::RecordArgs),
     /// Export a trained student for other runtimes (HF layout for transformers, llama.cpp's converter, candle).
     Export(export::ExportArgs),
+    /// Convert recorded logits between formats, or export them to DistillKit.
+    #[command(subcommand)]
+    Logits(logits::LogitsCommand),
     /// Import teacher logits captured by other tools (DistillKit).
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Import(cmd) => import::run(cmd),
+        Command::Logits(cmd) => logits::run(cmd),
         Command::Export(args) => export::run(args),
         Command::Experiment(cmd) => experiment::run(cmd),
     };

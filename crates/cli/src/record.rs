@@ -9,6 +9,7 @@ use ember_teacher::{
 };
 
 use crate::backend::BackendArgs;
+use crate::logits::{CodecArgs, print_codec_error};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Remote {
@@ -47,12 +48,14 @@ pub struct RecordArgs {
     /// Split to record.
     #[arg(long, default_value = "train", value_parser = ["train", "validation"])]
     split: String,
-    /// Log-probabilities kept per position.
+    /// Log-probabilities kept per position (v2: at most).
     #[arg(long, default_value_t = 32)]
     top_k: usize,
     /// Softmax temperature of the recorded distribution (remote teachers: 1 only).
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
+    #[command(flatten)]
+    codec: CodecArgs,
     /// Output directory (resumes if it holds a partial recording of the same settings).
     #[arg(long)]
     out: PathBuf,
@@ -86,6 +89,7 @@ pub fn run(a: RecordArgs) -> anyhow::Result<()> {
         batch_size: a.batch_size,
         shard_rows: a.shard_rows,
         max_rows: a.max_rows,
+        codec: a.codec.codec(),
     };
     let mut source: Box<dyn LogitSource> = match (&a.teacher, a.remote) {
         (Some(dir), None) => {
@@ -135,5 +139,8 @@ pub fn run(a: RecordArgs) -> anyhow::Result<()> {
         d["tokens_per_second_this_run"].as_f64().unwrap_or(0.0),
         a.out.display()
     );
+    if let Some(e) = d.get("codec_error_this_run").filter(|e| !e.is_null()) {
+        print_codec_error("positions recorded this run", e);
+    }
     Ok(())
 }

@@ -14,8 +14,8 @@ use tokenizers::Tokenizer;
 
 use crate::prepare::{StagedDataset, eos_id, token_schema, unigram_baseline};
 use crate::{
-    DataError, DatasetManifest, PrepareConfig, ShardInfo, Split, TOKENS_FORMAT_VERSION,
-    load_tokenizer, tokenizer_hash, write_ipc_atomic,
+    DataError, DatasetManifest, IpcCompression, PrepareConfig, ShardInfo, Split,
+    TOKENS_FORMAT_VERSION, load_tokenizer, tokenizer_hash, write_ipc_atomic,
 };
 
 /// Label of positions that carry no loss.
@@ -294,5 +294,10 @@ fn write_chat_shard(
             .map_err(arrow_err)?,
         ))
     };
-    write_ipc_atomic(path, schema, vec![list(ids)?, list(labels)?])
+    write_ipc_atomic(
+        path,
+        schema,
+        vec![list(ids)?, list(labels)?],
+        IpcCompression::None,
+    )
 }

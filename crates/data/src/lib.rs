@@ -7,6 +7,7 @@
 //! Teachers record against these rows; students train on them.
 
 mod chat;
+mod compact;
 mod dataset;
 mod error;
 mod logits;
@@ -17,11 +18,14 @@ pub use chat::{
     ChatInfo, ChatPrepareConfig, ChatRecord, ChatTemplate, IGNORE_LABEL, encode_record,
     prepare_chat, read_chat_jsonl,
 };
+pub use compact::{
+    CodecStats, CompactCodec, IpcCompression, LogitsCodec, id_bits, pack_bits, unpack_bits,
+};
 pub use dataset::{Split, TokenDataset, read_token_shard};
 pub use error::DataError;
 pub use logits::{
-    LOGITS_FORMAT_VERSION, LogitsManifest, LogitsMeta, LogitsRow, LogitsShard, logits_schema,
-    read_logits_shard, write_logits_shard,
+    LOGITS_FORMAT_VERSION, LogitsManifest, LogitsMeta, LogitsRow, LogitsShard, convert_logits,
+    logits_schema, read_logits_shard, write_logits_shard,
 };
 pub use prepare::{
     DatasetManifest, PrepareConfig, PrepareReport, ShardInfo, UnigramBaseline, prepare,
@@ -61,6 +65,7 @@ pub(crate) fn write_ipc_atomic(
     path: &std::path::Path,
     schema: std::sync::Arc<arrow::datatypes::Schema>,
     columns: Vec<arrow::array::ArrayRef>,
+    compression: IpcCompression,
 ) -> Result<(), DataError> {
     let arrow_err = |source| DataError::Arrow {
         path: path.to_path_buf(),
@@ -73,7 +78,16 @@ pub(crate) fn write_ipc_atomic(
         path: tmp.clone(),
         source,
     })?;
-    let mut writer = arrow::ipc::writer::FileWriter::try_new(file, &schema).map_err(arrow_err)?;
+    let codec = match compression {
+        IpcCompression::None => None,
+        IpcCompression::Lz4 => Some(arrow::ipc::CompressionType::LZ4_FRAME),
+        IpcCompression::Zstd => Some(arrow::ipc::CompressionType::ZSTD),
+    };
+    let options = arrow::ipc::writer::IpcWriteOptions::default()
+        .try_with_compression(codec)
+        .map_err(arrow_err)?;
+    let mut writer = arrow::ipc::writer::FileWriter::try_new_with_options(file, &schema, options)
+        .map_err(arrow_err)?;
     writer.write(&batch).map_err(arrow_err)?;
     writer.finish().map_err(arrow_err)?;
     let file = writer.into_inner().map_err(arrow_err)?;

@@ -13,19 +13,41 @@
 //! Position `i` holds the teacher's distribution of token `i + 1` given tokens `0..=i`.
 //! Because log-probabilities are normalised over the whole vocabulary, the probability
 //! mass outside the top k is `1 - sum(exp(topk_logprobs))`.
+//!
+//! That is format v1 ([`LogitsCodec::Full`]). Format v2 ([`LogitsCodec::Compact`], see
+//! `compact.rs`) keeps `row_index` and `input_ids` and replaces the two top-k columns by
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `counts` | `FixedSizeList<UInt16, T>` | entries kept per position (1..=k) |
+//! | `tail_log` | `FixedSizeList<Float16, T>` | `ln(1 - sum p)` over the kept entries |
+//! | `ids` | `Binary` | the row's kept ids, `ceil(log2 vocab_size / 8)` bytes each as byte planes (low bytes first) |
+//! | `gaps` | `Binary` | per position, the grid increments of entries `1..n` |
+//!
+//! with the codec's settings in the schema metadata (`ember.codec`) and IPC buffer
+//! compression. The reader decodes v2 into the same [`LogitsRow`]s, `k` entries per position,
+//! padding a position with fewer entries by id -1 at log-probability -inf.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array,
+    UInt16Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
+use half::f16;
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, Split, open_ipc, read_manifest, write_atomic, write_ipc_atomic};
+use crate::compact::{
+    CodecStats, EncodedRow, IpcCompression, LogitsCodec, decode_row, encode_position,
+    id_bytes, id_planes,
+};
+use crate::{DataError, Split, open_ipc, write_atomic, write_ipc_atomic};
 
-/// Version of the logits format.
-pub const LOGITS_FORMAT_VERSION: u32 = 1;
+/// Newest version of the logits format (v1: full precision; v2: compact). Both are read.
+pub const LOGITS_FORMAT_VERSION: u32 = 2;
 
 /// Who produced the logits and how; stored in every shard's schema metadata and in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,15 +72,18 @@ pub struct LogitsMeta {
     /// teacher; empty when unknown (served teachers, or shards of older Ember versions).
     #[serde(default)]
     pub teacher_weights: String,
+    /// How the shards encode the distributions (v1 manifests: full precision).
+    #[serde(default)]
+    pub codec: LogitsCodec,
 }
 
 impl LogitsMeta {
     fn to_schema_metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut md = HashMap::from([
             ("ember.format".into(), "ember-logits".into()),
             (
                 "ember.format_version".into(),
-                LOGITS_FORMAT_VERSION.to_string(),
+                self.codec.version().to_string(),
             ),
             ("ember.teacher".into(), self.teacher.clone()),
             (
@@ -76,7 +101,14 @@ impl LogitsMeta {
             ("ember.split".into(), self.split.name().into()),
             ("ember.source".into(), self.source.clone()),
             ("ember.teacher_weights".into(), self.teacher_weights.clone()),
-        ])
+        ]);
+        if let LogitsCodec::Compact(c) = &self.codec {
+            md.insert(
+                "ember.codec".into(),
+                serde_json::to_string(c).expect("serializes"),
+            );
+        }
+        md
     }
 
     fn from_schema_metadata(md: &HashMap<String, String>, path: &Path) -> Result<Self, DataError> {
@@ -98,15 +130,23 @@ impl LogitsMeta {
                 message: "ember.format is not ember-logits".into(),
             });
         }
-        let version = num("ember.format_version")?;
-        if version != LOGITS_FORMAT_VERSION as usize {
-            return Err(DataError::Format {
-                path: path.to_path_buf(),
-                message: format!(
-                    "logits format v{version}, this Ember reads v{LOGITS_FORMAT_VERSION}"
-                ),
-            });
-        }
+        let codec = match num("ember.format_version")? {
+            1 => LogitsCodec::Full,
+            2 => LogitsCodec::Compact(serde_json::from_str(&get("ember.codec")?).map_err(|e| {
+                DataError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("ember.codec is not a compact codec: {e}"),
+                }
+            })?),
+            version => {
+                return Err(DataError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "logits format v{version}; this Ember reads v1 and v{LOGITS_FORMAT_VERSION} (a newer Ember wrote it?)"
+                    ),
+                });
+            }
+        };
         let split = match get("ember.split")?.as_str() {
             "train" => Split::Train,
             "validation" => Split::Validation,
@@ -133,6 +173,7 @@ impl LogitsMeta {
             split,
             source: get("ember.source")?,
             teacher_weights: md.get("ember.teacher_weights").cloned().unwrap_or_default(),
+            codec,
         })
     }
 }
@@ -159,21 +200,43 @@ fn nested(item: DataType, k: usize, t: usize) -> (DataType, Arc<Field>) {
     )
 }
 
+fn per_position(item: DataType, t: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new("item", item, false)), t as i32)
+}
+
 /// Arrow schema of a logits shard.
 pub fn logits_schema(meta: &LogitsMeta) -> Schema {
     let (t, k) = (meta.seq_len, meta.k);
-    let ids_item = Arc::new(Field::new("item", DataType::Int32, false));
-    Schema::new(vec![
+    let mut fields = vec![
         Field::new("row_index", DataType::UInt64, false),
-        Field::new(
-            "input_ids",
-            DataType::FixedSizeList(ids_item, t as i32),
-            false,
-        ),
-        Field::new("topk_ids", nested(DataType::Int32, k, t).0, false),
-        Field::new("topk_logprobs", nested(DataType::Float32, k, t).0, false),
-    ])
-    .with_metadata(meta.to_schema_metadata())
+        Field::new("input_ids", per_position(DataType::Int32, t), false),
+    ];
+    match meta.codec {
+        LogitsCodec::Full => fields.extend([
+            Field::new("topk_ids", nested(DataType::Int32, k, t).0, false),
+            Field::new("topk_logprobs", nested(DataType::Float32, k, t).0, false),
+        ]),
+        LogitsCodec::Compact(_) => fields.extend([
+            Field::new("counts", per_position(DataType::UInt16, t), false),
+            Field::new("tail_log", per_position(DataType::Float16, t), false),
+            Field::new("ids", DataType::Binary, false),
+            Field::new("gaps", DataType::Binary, false),
+        ]),
+    }
+    Schema::new(fields).with_metadata(meta.to_schema_metadata())
+}
+
+fn per_position_array(
+    values: ArrayRef,
+    t: usize,
+) -> Result<FixedSizeListArray, arrow::error::ArrowError> {
+    let item = values.data_type().clone();
+    FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", item, false)),
+        t as i32,
+        values,
+        None,
+    )
 }
 
 fn nested_array(
@@ -190,12 +253,14 @@ fn nested_array(
     FixedSizeListArray::try_new(outer_field, t as i32, Arc::new(inner), None)
 }
 
-/// Write `rows` as one logits shard at `path`, atomically (temporary file, fsync, rename).
+/// Write `rows` as one logits shard at `path`, atomically (temporary file, fsync, rename),
+/// encoded as `meta.codec` says. Returns the encoding error of the compact codec (empty
+/// statistics for full precision).
 pub fn write_logits_shard(
     path: &Path,
     meta: &LogitsMeta,
     rows: &[LogitsRow],
-) -> Result<(), DataError> {
+) -> Result<CodecStats, DataError> {
     let (t, k) = (meta.seq_len, meta.k);
     let format = |message: String| DataError::Format {
         path: path.to_path_buf(),
@@ -221,49 +286,93 @@ pub fn write_logits_shard(
     let schema = Arc::new(logits_schema(meta));
     let n = rows.len();
     let row_index = UInt64Array::from(rows.iter().map(|r| r.row_index).collect::<Vec<_>>());
-    let ids_item = Arc::new(Field::new("item", DataType::Int32, false));
-    let input_ids = FixedSizeListArray::try_new(
-        ids_item,
-        t as i32,
+    let input_ids = per_position_array(
         Arc::new(Int32Array::from(
             rows.iter()
                 .flat_map(|r| r.input_ids.iter().copied())
                 .collect::<Vec<_>>(),
         )),
-        None,
-    )
-    .map_err(arrow_err)?;
-    let topk_ids = nested_array(
-        Arc::new(Int32Array::from(
-            rows.iter()
-                .flat_map(|r| r.topk_ids.iter().copied())
-                .collect::<Vec<_>>(),
-        )),
-        DataType::Int32,
-        k,
         t,
-        n,
     )
     .map_err(arrow_err)?;
-    let topk_logprobs = nested_array(
-        Arc::new(Float32Array::from(
-            rows.iter()
-                .flat_map(|r| r.topk_logprobs.iter().copied())
-                .collect::<Vec<_>>(),
-        )),
-        DataType::Float32,
-        k,
-        t,
-        n,
-    )
-    .map_err(arrow_err)?;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(row_index),
-        Arc::new(input_ids),
-        Arc::new(topk_ids),
-        Arc::new(topk_logprobs),
-    ];
-    write_ipc_atomic(path, schema, columns)
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(row_index), Arc::new(input_ids)];
+    let mut stats = CodecStats::default();
+    let compression = match meta.codec {
+        LogitsCodec::Full => {
+            let topk_ids = nested_array(
+                Arc::new(Int32Array::from(
+                    rows.iter()
+                        .flat_map(|r| r.topk_ids.iter().copied())
+                        .collect::<Vec<_>>(),
+                )),
+                DataType::Int32,
+                k,
+                t,
+                n,
+            )
+            .map_err(arrow_err)?;
+            let topk_logprobs = nested_array(
+                Arc::new(Float32Array::from(
+                    rows.iter()
+                        .flat_map(|r| r.topk_logprobs.iter().copied())
+                        .collect::<Vec<_>>(),
+                )),
+                DataType::Float32,
+                k,
+                t,
+                n,
+            )
+            .map_err(arrow_err)?;
+            columns.extend([Arc::new(topk_ids) as ArrayRef, Arc::new(topk_logprobs)]);
+            IpcCompression::None
+        }
+        LogitsCodec::Compact(codec) => {
+            let bytes = id_bytes(meta.vocab_size);
+            let (mut counts, mut tails) = (Vec::with_capacity(n * t), Vec::with_capacity(n * t));
+            let (mut ids, mut gaps) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for r in rows {
+                if let Some(&bad) = r
+                    .topk_ids
+                    .iter()
+                    .find(|&&i| i < 0 || i as usize >= meta.vocab_size)
+                {
+                    return Err(format(format!(
+                        "row {}: token id {bad} outside the vocabulary of {}",
+                        r.row_index, meta.vocab_size
+                    )));
+                }
+                let mut enc = EncodedRow::default();
+                for p in 0..t {
+                    encode_position(
+                        &codec,
+                        &r.topk_ids[p * k..(p + 1) * k],
+                        &r.topk_logprobs[p * k..(p + 1) * k],
+                        &mut enc,
+                        &mut stats,
+                    );
+                }
+                counts.extend(enc.counts);
+                tails.extend(enc.tail_log);
+                ids.push(id_planes(&enc.ids, bytes));
+                gaps.push(enc.gaps);
+            }
+            columns.extend([
+                Arc::new(
+                    per_position_array(Arc::new(UInt16Array::from(counts)), t)
+                        .map_err(arrow_err)?,
+                ) as ArrayRef,
+                Arc::new(
+                    per_position_array(Arc::new(Float16Array::from(tails)), t)
+                        .map_err(arrow_err)?,
+                ),
+                Arc::new(BinaryArray::from_iter_values(ids.iter())),
+                Arc::new(BinaryArray::from_iter_values(gaps.iter())),
+            ]);
+            codec.compression
+        }
+    };
+    write_ipc_atomic(path, schema, columns, compression)?;
+    Ok(stats)
 }
 
 /// Read one logits shard back.
@@ -309,24 +418,76 @@ pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), Da
                 .to_vec())
         };
         let input_ids = flat_i32(&col("input_ids")?, 1, "input_ids")?;
-        let topk_ids = flat_i32(&col("topk_ids")?, 2, "topk_ids")?;
-        let lp = flatten(&col("topk_logprobs")?, 2)
-            .ok_or_else(|| format("topk_logprobs has an unexpected type".into()))?;
-        let topk_logprobs = lp
-            .as_any()
-            .downcast_ref::<Float32Array>()
-            .ok_or_else(|| format("topk_logprobs are not Float32".into()))?
-            .values()
-            .to_vec();
         let n = batch.num_rows();
-        if input_ids.len() != n * t
-            || topk_ids.len() != n * t * k
-            || topk_logprobs.len() != n * t * k
-        {
+        if input_ids.len() != n * t {
             return Err(format(format!(
-                "column lengths do not match {n} rows of T={t}, k={k}"
+                "input_ids hold {} tokens, not {n} rows of T={t}",
+                input_ids.len()
             )));
         }
+        let (topk_ids, topk_logprobs) = match meta.codec {
+            LogitsCodec::Full => {
+                let topk_ids = flat_i32(&col("topk_ids")?, 2, "topk_ids")?;
+                let lp = flatten(&col("topk_logprobs")?, 2)
+                    .ok_or_else(|| format("topk_logprobs has an unexpected type".into()))?;
+                let topk_logprobs = lp
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .ok_or_else(|| format("topk_logprobs are not Float32".into()))?
+                    .values()
+                    .to_vec();
+                if topk_ids.len() != n * t * k || topk_logprobs.len() != n * t * k {
+                    return Err(format(format!(
+                        "column lengths do not match {n} rows of T={t}, k={k}"
+                    )));
+                }
+                (topk_ids, topk_logprobs)
+            }
+            LogitsCodec::Compact(codec) => {
+                let counts = flatten(&col("counts")?, 1)
+                    .and_then(|a| a.as_any().downcast_ref::<UInt16Array>().cloned())
+                    .ok_or_else(|| format("counts are not FixedSizeList<UInt16>".into()))?;
+                let tails = flatten(&col("tail_log")?, 1)
+                    .and_then(|a| a.as_any().downcast_ref::<Float16Array>().cloned())
+                    .ok_or_else(|| format("tail_log is not FixedSizeList<Float16>".into()))?;
+                let binary = |name: &str| -> Result<BinaryArray, DataError> {
+                    col(name)?
+                        .as_any()
+                        .downcast_ref::<BinaryArray>()
+                        .cloned()
+                        .ok_or_else(|| format(format!("{name} is not Binary")))
+                };
+                let (ids, gaps) = (binary("ids")?, binary("gaps")?);
+                if counts.len() != n * t
+                    || tails.len() != n * t
+                    || ids.len() != n
+                    || gaps.len() != n
+                {
+                    return Err(format(format!(
+                        "column lengths do not match {n} rows of T={t}"
+                    )));
+                }
+                let bits = id_bytes(meta.vocab_size);
+                let (mut out_ids, mut out_lps) =
+                    (Vec::with_capacity(n * t * k), Vec::with_capacity(n * t * k));
+                let tails: &[f16] = tails.values();
+                for i in 0..n {
+                    decode_row(
+                        codec.step,
+                        bits,
+                        k,
+                        &counts.values()[i * t..(i + 1) * t],
+                        &tails[i * t..(i + 1) * t],
+                        ids.value(i),
+                        gaps.value(i),
+                        &mut out_ids,
+                        &mut out_lps,
+                    )
+                    .map_err(|e| format(format!("row {}: {}", row_index.value(i), e.0)))?;
+                }
+                (out_ids, out_lps)
+            }
+        };
         for i in 0..n {
             rows.push(LogitsRow {
                 row_index: row_index.value(i),
@@ -378,12 +539,25 @@ impl LogitsManifest {
     pub const FILE: &'static str = "logits.json";
 
     pub fn load(dir: &Path) -> Result<Self, DataError> {
-        read_manifest(
-            &dir.join(Self::FILE),
-            "ember-logits",
-            LOGITS_FORMAT_VERSION,
-            |m: &Self| (m.format.as_str(), m.format_version),
-        )
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let m: Self = serde_json::from_str(&text).map_err(|source| DataError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
+        if m.format != "ember-logits" || m.format_version != m.meta.codec.version() {
+            return Err(DataError::Format {
+                path,
+                message: format!(
+                    "format {:?} v{} is not ember-logits v1 (full) or v{LOGITS_FORMAT_VERSION} (compact) as its codec says",
+                    m.format, m.format_version
+                ),
+            });
+        }
+        Ok(m)
     }
 
     /// The manifest of `shards` (already written in `dir`): positions and bytes per position on disk.
@@ -404,7 +578,7 @@ impl LogitsManifest {
         let positions = shards.iter().map(|s| s.rows as u64).sum::<u64>() * meta.seq_len as u64;
         Self {
             format: "ember-logits".into(),
-            format_version: LOGITS_FORMAT_VERSION,
+            format_version: meta.codec.version(),
             meta,
             shards,
             positions,
@@ -421,6 +595,79 @@ impl LogitsManifest {
                 .as_bytes(),
         )
     }
+}
+
+/// Re-encode the recording in `from` into `out` with `codec`, keeping the first `k` entries
+/// of each position (at most the recording's k). Returns the new manifest and, for the compact
+/// codec, its error against the decoded source.
+pub fn convert_logits(
+    from: &Path,
+    out: &Path,
+    codec: LogitsCodec,
+    k: usize,
+) -> Result<(LogitsManifest, CodecStats), DataError> {
+    let src = LogitsManifest::load(from)?;
+    if k == 0 || k > src.meta.k {
+        return Err(DataError::Config(format!(
+            "k {k} must be in 1..={} (the recording's k)",
+            src.meta.k
+        )));
+    }
+    if let LogitsCodec::Compact(c) = &codec {
+        c.validate().map_err(DataError::Config)?;
+    }
+    if from.canonicalize().ok() == out.canonicalize().ok() {
+        return Err(DataError::Config(format!(
+            "{} is the source; convert into another directory",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let meta = LogitsMeta {
+        k,
+        codec,
+        ..src.meta.clone()
+    };
+    let mut stats = CodecStats::default();
+    for shard in &src.shards {
+        let (_, rows) = read_logits_shard(&from.join(&shard.file))?;
+        let kr = src.meta.k;
+        let rows: Vec<LogitsRow> = rows
+            .into_iter()
+            .map(|r| {
+                let keep = |v: &[i32]| -> Vec<i32> {
+                    v.chunks_exact(kr)
+                        .flat_map(|c| c[..k].iter().copied())
+                        .collect()
+                };
+                LogitsRow {
+                    topk_ids: keep(&r.topk_ids),
+                    topk_logprobs: r
+                        .topk_logprobs
+                        .chunks_exact(kr)
+                        .flat_map(|c| c[..k].iter().copied())
+                        .collect(),
+                    row_index: r.row_index,
+                    input_ids: r.input_ids,
+                }
+            })
+            .collect();
+        stats.merge(&write_logits_shard(&out.join(&shard.file), &meta, &rows)?);
+    }
+    let mut details = serde_json::json!({
+        "converted_from": from,
+        "source_bytes_per_token": src.bytes_per_token,
+        "source_details": src.details,
+    });
+    if matches!(codec, LogitsCodec::Compact(_)) {
+        details["codec_error"] = stats.summary();
+    }
+    let m = LogitsManifest::from_shards(out, meta, src.shards.clone(), details);
+    m.save(out)?;
+    Ok((m, stats))
 }
 
 #[cfg(test)]
@@ -441,6 +688,7 @@ mod tests {
             split: Split::Train,
             source: "local".into(),
             teacher_weights: "w".into(),
+            codec: LogitsCodec::Full,
         };
         let rows: Vec<LogitsRow> = (0..4)
             .map(|r| LogitsRow {

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::{
-    DataError, Split, TOKENS_FORMAT_VERSION, load_tokenizer, read_manifest, tokenizer_hash,
-    write_atomic, write_ipc_atomic,
+    DataError, IpcCompression, Split, TOKENS_FORMAT_VERSION, load_tokenizer, read_manifest,
+    tokenizer_hash, write_atomic, write_ipc_atomic,
 };
 
 /// Settings for `ember data prepare`.
@@ -643,7 +643,12 @@ fn write_token_shard(
     let item = Arc::new(Field::new("item", DataType::Int32, false));
     let list =
         FixedSizeListArray::try_new(item, seq_len as i32, values, None).map_err(arrow_err)?;
-    write_ipc_atomic(path, schema, vec![Arc::new(list) as ArrayRef])
+    write_ipc_atomic(
+        path,
+        schema,
+        vec![Arc::new(list) as ArrayRef],
+        IpcCompression::None,
+    )
 }
 
 /// Cross-entropy (nats) of add-one-smoothed train unigram frequencies on validation targets.

@@ -211,6 +211,7 @@ pub fn run_train_the_trainer(
                 batch_size: e.record_batch_size,
                 shard_rows: 1024,
                 max_rows,
+                codec: ember_data::LogitsCodec::Full,
             };
             record(&mut teacher, &rc).map_err(|source| ExperimentError::Record {
                 path: dir.clone(),

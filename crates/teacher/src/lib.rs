@@ -23,7 +23,10 @@ mod rope;
 mod weights;
 
 pub use config::{Arch, Fp8Blocks, HfConfig};
-pub use distillkit::{CompressionConfig, ImportConfig, import_distillkit, unpack_bits};
+pub use distillkit::{
+    CompressionConfig, EXPORT_PAD_GAP, ExportConfig, ExportReport, ImportConfig, QuantizationBin,
+    Term, TermDtype, export_distillkit, import_distillkit,
+};
 pub use error::TeacherError;
 pub use load::{load_teacher, load_teacher_with};
 pub use model::{KvCache, Router, Teacher, grouped_routing, softmax_routing};

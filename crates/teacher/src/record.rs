@@ -13,8 +13,8 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use ember_data::{
-    DatasetManifest, LogitsManifest, LogitsMeta, LogitsRow, LogitsShard, Split, TokenDataset,
-    read_logits_shard, write_logits_shard,
+    CodecStats, DatasetManifest, LogitsCodec, LogitsManifest, LogitsMeta, LogitsRow, LogitsShard,
+    Split, TokenDataset, read_logits_shard, write_logits_shard,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -61,6 +61,8 @@ pub struct RecordConfig {
     pub shard_rows: usize,
     /// Record only the first `max_rows` rows of the split.
     pub max_rows: Option<usize>,
+    /// Encoding of the shards (`k` is then the largest number of entries per position).
+    pub codec: LogitsCodec,
 }
 
 /// A local teacher on a device.
@@ -233,6 +235,16 @@ pub fn record(
             "top-k, batch size, shard rows and temperature must be positive".into(),
         ));
     }
+    if let LogitsCodec::Compact(c) = &cfg.codec {
+        c.validate().map_err(TeacherError::Invalid)?;
+        if cfg.k > u16::MAX as usize {
+            return Err(TeacherError::Invalid(format!(
+                "top-k {} exceeds the compact format's {} entries per position",
+                cfg.k,
+                u16::MAX
+            )));
+        }
+    }
     let data = TokenDataset::open(&cfg.data, cfg.split)?;
     let note = check_vocab(source, &data.manifest, &cfg.data)?;
     if let Some(note) = &note {
@@ -256,6 +268,7 @@ pub fn record(
         split: cfg.split,
         source: source.source().into(),
         teacher_weights: source.weights_fingerprint()?,
+        codec: cfg.codec,
     };
     std::fs::create_dir_all(&cfg.out).map_err(|source| TeacherError::Io {
         path: cfg.out.clone(),
@@ -270,6 +283,8 @@ pub fn record(
     );
     let start = Instant::now();
     let mut recorded = 0usize;
+    let mut encoding = CodecStats::default();
+    let mut encode_secs = 0.0;
     let mut shards = Vec::with_capacity(n_shards);
     for s in 0..n_shards {
         let first = s * cfg.shard_rows;
@@ -301,11 +316,12 @@ pub fn record(
                     )));
                 }
                 return Err(TeacherError::Invalid(format!(
-                    "{} was recorded with other settings ({} by {}, k={}); use a new --out directory",
+                    "{} was recorded with other settings ({} by {}, k={}, {:?}); use a new --out directory",
                     path.display(),
                     existing.source,
                     existing.teacher,
-                    existing.k
+                    existing.k,
+                    existing.codec
                 )));
             }
             bar.inc(((end - first) * t) as u64);
@@ -338,7 +354,9 @@ pub fn record(
                 recorded += (batch_end - batch_start) * t;
                 bar.inc(((batch_end - batch_start) * t) as u64);
             }
-            write_logits_shard(&path, &meta, &out)?;
+            let t0 = Instant::now();
+            encoding.merge(&write_logits_shard(&path, &meta, &out)?);
+            encode_secs += t0.elapsed().as_secs_f64();
         }
         shards.push(LogitsShard {
             file,
@@ -357,7 +375,9 @@ pub fn record(
             "recorded_positions_this_run": recorded,
             "seconds_this_run": secs,
             "tokens_per_second_this_run": recorded as f64 / secs.max(1e-9),
+            "encode_write_seconds_this_run": encode_secs,
             "vocab_note": note,
+            "codec_error_this_run": matches!(cfg.codec, LogitsCodec::Compact(_)).then(|| encoding.summary()),
         }),
     );
     manifest.save(&cfg.out)?;
