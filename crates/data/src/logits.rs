@@ -710,4 +710,63 @@ mod tests {
             .to_string();
         assert!(err.contains("row 10") && err.contains("5 ids"), "{err}");
     }
+
+    #[test]
+    fn compact_shards_round_trip_and_bad_shards_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = LogitsMeta {
+            teacher: "t".into(),
+            teacher_config_sha256: "a".into(),
+            tokenizer_sha256: "b".into(),
+            vocab_size: 70_000,
+            k: 3,
+            temperature: 1.0,
+            seq_len: 2,
+            split: Split::Train,
+            source: "local".into(),
+            teacher_weights: "w".into(),
+            codec: LogitsCodec::Compact(crate::CompactCodec::default()),
+        };
+        let lp = [0.5f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
+        let rows: Vec<LogitsRow> = (0..3)
+            .map(|r| LogitsRow {
+                row_index: r,
+                input_ids: vec![1, 2],
+                topk_ids: vec![69_999, 7, 65_536 + r as i32, 0, 1, 2],
+                topk_logprobs: [lp, lp].concat(),
+            })
+            .collect();
+        let path = dir.path().join("train-00000.arrow");
+        let stats = write_logits_shard(&path, &meta, &rows).unwrap();
+        assert_eq!((stats.positions, stats.entries), (6, 18));
+        let (m, back) = read_logits_shard(&path).unwrap();
+        assert_eq!(m, meta);
+        for (a, b) in rows.iter().zip(&back) {
+            assert_eq!(a.topk_ids, b.topk_ids, "3-byte ids survive");
+            for (x, y) in a.topk_logprobs.iter().zip(&b.topk_logprobs) {
+                assert!((x - y).abs() < 0.07, "{x} vs {y}");
+            }
+        }
+        // truncated: an error naming the file
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.arrow");
+        std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap();
+        let err = read_logits_shard(&cut).unwrap_err().to_string();
+        assert!(err.contains("cut.arrow"), "{err}");
+        // a newer version: refused naming it
+        let reader = open_ipc(&path).unwrap();
+        let mut md = reader.schema().metadata().clone();
+        md.insert("ember.format_version".to_string(), "3".to_string());
+        let schema = Arc::new(reader.schema().as_ref().clone().with_metadata(md));
+        let batch = reader.into_iter().next().unwrap().unwrap();
+        let v3 = dir.path().join("v3.arrow");
+        write_ipc_atomic(&v3, schema, batch.columns().to_vec(), IpcCompression::None).unwrap();
+        let err = read_logits_shard(&v3).unwrap_err().to_string();
+        assert!(err.contains("v3.arrow") && err.contains("logits format v3"), "{err}");
+        // an id outside the vocabulary is refused when writing
+        let mut bad = rows[0].clone();
+        bad.topk_ids[0] = 70_000;
+        let err = write_logits_shard(&path, &meta, &[bad]).unwrap_err().to_string();
+        assert!(err.contains("70000"), "{err}");
+    }
 }
