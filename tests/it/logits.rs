@@ -1,7 +1,7 @@
 //! The compact logits format (v2) against full precision (v1), `ember logits convert`, and
 //! the export to DistillKit's capture format checked by an independent decoder.
 
-use std::path::Path;
+use std::ffi::OsStr;
 use std::process::Command;
 
 use ember_data::{LogitsCodec, LogitsManifest, read_logits_shard};
@@ -9,12 +9,9 @@ use ember_data::{LogitsCodec, LogitsManifest, read_logits_shard};
 use crate::record::{record_args, teacher_dir};
 use crate::{ember_err, ember_ok, python, small_dataset};
 
-fn run_python(script: &Path, args: &[&Path]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
+/// Run the reference python with `args`; its stdout as JSON.
+fn run_python<S: AsRef<OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = Command::new(python()).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -176,19 +173,12 @@ print(json.dumps({"version": md["ember.format_version"], "codec": json.loads(md[
                   "columns": c.schema.names, "ids_equal": bool(ok),
                   "tail_type": str(c.schema.field("tail_log").type)}))
 "#;
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(dir.path().join("compact/train-00000.arrow"))
-        .arg(dir.path().join("full/train-00000.arrow"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_python(&[
+        OsStr::new("-c"),
+        OsStr::new(script),
+        dir.path().join("compact/train-00000.arrow").as_os_str(),
+        dir.path().join("full/train-00000.arrow").as_os_str(),
+    ]);
     assert_eq!(v["version"], "2");
     assert_eq!(v["codec"]["compression"], "zstd");
     assert_eq!(v["ids_equal"], true, "{v}");
@@ -263,7 +253,11 @@ fn distillkit_exports_lose_no_more_than_distillkit_quantization() {
             text.contains("exported 6 rows (192 positions, 0 padded) into 2 Parquet files"),
             "{text}"
         );
-        let v = run_python(&check, &[&dir.path().join("full"), &dir.path().join(&cap)]);
+        let v = run_python(&[
+            check.clone(),
+            dir.path().join("full"),
+            dir.path().join(&cap),
+        ]);
         assert_eq!(
             (v["positions"].as_u64(), v["ids_equal"].as_bool()),
             (Some(192), Some(true)),

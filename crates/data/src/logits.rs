@@ -41,8 +41,8 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::compact::{
-    CodecStats, EncodedRow, IpcCompression, LogitsCodec, decode_row, encode_position,
-    id_bytes, id_planes,
+    CodecStats, EncodedRow, IpcCompression, LogitsCodec, decode_row, encode_position, id_bytes,
+    id_planes,
 };
 use crate::{DataError, Split, open_ipc, write_atomic, write_ipc_atomic};
 
@@ -762,11 +762,16 @@ mod tests {
         let v3 = dir.path().join("v3.arrow");
         write_ipc_atomic(&v3, schema, batch.columns().to_vec(), IpcCompression::None).unwrap();
         let err = read_logits_shard(&v3).unwrap_err().to_string();
-        assert!(err.contains("v3.arrow") && err.contains("logits format v3"), "{err}");
+        assert!(
+            err.contains("v3.arrow") && err.contains("logits format v3"),
+            "{err}"
+        );
         // an id outside the vocabulary is refused when writing
         let mut bad = rows[0].clone();
         bad.topk_ids[0] = 70_000;
-        let err = write_logits_shard(&path, &meta, &[bad]).unwrap_err().to_string();
+        let err = write_logits_shard(&path, &meta, &[bad])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("70000"), "{err}");
     }
 }
