@@ -38,25 +38,6 @@ pub enum IpcCompression {
     Zstd,
 }
 
-impl IpcCompression {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Lz4 => "lz4",
-            Self::Zstd => "zstd",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "none" => Some(Self::None),
-            "lz4" => Some(Self::Lz4),
-            "zstd" => Some(Self::Zstd),
-            _ => None,
-        }
-    }
-}
-
 /// Settings of the compact encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CompactCodec {
@@ -120,13 +101,13 @@ pub fn id_bits(vocab: usize) -> u32 {
 
 /// An MSB-first bit stream.
 #[derive(Debug, Default, Clone)]
-pub struct BitWriter {
+struct BitWriter {
     bytes: Vec<u8>,
     bits: usize,
 }
 
 impl BitWriter {
-    pub fn push(&mut self, value: u64, width: u32) {
+    fn push(&mut self, value: u64, width: u32) {
         for b in (0..width).rev() {
             if self.bits.is_multiple_of(8) {
                 self.bytes.push(0);
@@ -137,23 +118,23 @@ impl BitWriter {
         }
     }
 
-    pub fn into_bytes(self) -> Vec<u8> {
+    fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
 }
 
 /// Reads fields of an MSB-first bit stream; `None` past its end.
-pub struct BitReader<'a> {
+struct BitReader<'a> {
     bytes: &'a [u8],
     bit: usize,
 }
 
 impl<'a> BitReader<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
+    fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, bit: 0 }
     }
 
-    pub fn read(&mut self, width: u32) -> Option<u64> {
+    fn read(&mut self, width: u32) -> Option<u64> {
         if self.bit + width as usize > self.bytes.len() * 8 {
             return None;
         }
@@ -313,7 +294,8 @@ pub fn id_planes(ids: &[u32], bytes: usize) -> Vec<u8> {
 }
 
 /// Encode one position (`ids`/`lps` its `k_max` entries, most likely first) into `row`,
-/// accumulating the decoding error into `stats`. Ids must be non-negative.
+/// accumulating the decoding error into `stats`. Ids must be non-negative and
+/// log-probabilities NaN-free and below +inf (the shard writer refuses others).
 pub fn encode_position(
     codec: &CompactCodec,
     ids: &[i32],
@@ -321,13 +303,17 @@ pub fn encode_position(
     row: &mut EncodedRow,
     stats: &mut CodecStats,
 ) {
-    // entries most likely first (a served teacher's order is not guaranteed)
-    let mut order: Vec<usize> = (0..lps.len()).collect();
-    if !lps.windows(2).all(|w| w[0] >= w[1]) {
+    // entries most likely first (a served teacher's order is not guaranteed); sorted input,
+    // the recorder's, is used as it is
+    let sorted: (Vec<i32>, Vec<f32>);
+    let (ids, lps) = if lps.windows(2).all(|w| w[0] >= w[1]) {
+        (ids, lps)
+    } else {
+        let mut order: Vec<usize> = (0..lps.len()).collect();
         order.sort_by(|&a, &b| lps[b].total_cmp(&lps[a]));
-    }
-    let ids: Vec<i32> = order.iter().map(|&i| ids[i]).collect();
-    let lps: Vec<f32> = order.iter().map(|&i| lps[i]).collect();
+        sorted = order.iter().map(|&i| (ids[i], lps[i])).unzip();
+        (&sorted.0[..], &sorted.1[..])
+    };
     // keep while the mass is short of the threshold; never an entry of probability 0
     let mut n = 0usize;
     let mut mass = 0f64;

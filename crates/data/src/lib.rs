@@ -116,11 +116,11 @@ pub(crate) fn open_ipc(
 }
 
 /// Read the JSON manifest at `path`, checking that `found` (its format name and version)
-/// is `format` v`version`.
+/// is `format` at one of `versions`.
 pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     format: &str,
-    version: u32,
+    versions: &[u32],
     found: impl Fn(&T) -> (&str, u32),
 ) -> Result<T, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
@@ -132,10 +132,11 @@ pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
         source,
     })?;
     let (f, v) = found(&manifest);
-    if f != format || v != version {
+    if f != format || !versions.contains(&v) {
+        let want: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
         return Err(DataError::Format {
             path: path.to_path_buf(),
-            message: format!("format {f:?} v{v} is not {format} v{version}"),
+            message: format!("format {f:?} v{v} is not {format} {}", want.join(" or ")),
         });
     }
     Ok(manifest)

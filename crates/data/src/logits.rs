@@ -44,7 +44,7 @@ use crate::compact::{
     CodecStats, EncodedRow, IpcCompression, LogitsCodec, decode_row, encode_position, id_bytes,
     id_planes,
 };
-use crate::{DataError, Split, open_ipc, write_atomic, write_ipc_atomic};
+use crate::{DataError, Split, open_ipc, read_manifest, write_atomic, write_ipc_atomic};
 
 /// Newest version of the logits format (v1: full precision; v2: compact). Both are read.
 pub const LOGITS_FORMAT_VERSION: u32 = 2;
@@ -341,6 +341,19 @@ pub fn write_logits_shard(
                         r.row_index, meta.vocab_size
                     )));
                 }
+                // NaN or +inf would quantize to a wrong grid point without a word
+                if let Some(i) = r
+                    .topk_logprobs
+                    .iter()
+                    .position(|x| x.is_nan() || *x == f32::INFINITY)
+                {
+                    return Err(format(format!(
+                        "row {} position {}: log-probability {} is not finite",
+                        r.row_index,
+                        i / k,
+                        r.topk_logprobs[i]
+                    )));
+                }
                 let mut enc = EncodedRow::default();
                 for p in 0..t {
                     encode_position(
@@ -467,14 +480,14 @@ pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), Da
                         "column lengths do not match {n} rows of T={t}"
                     )));
                 }
-                let bits = id_bytes(meta.vocab_size);
+                let bytes = id_bytes(meta.vocab_size);
                 let (mut out_ids, mut out_lps) =
                     (Vec::with_capacity(n * t * k), Vec::with_capacity(n * t * k));
                 let tails: &[f16] = tails.values();
                 for i in 0..n {
                     decode_row(
                         codec.step,
-                        bits,
+                        bytes,
                         k,
                         &counts.values()[i * t..(i + 1) * t],
                         &tails[i * t..(i + 1) * t],
@@ -540,20 +553,20 @@ impl LogitsManifest {
 
     pub fn load(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join(Self::FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| DataError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let m: Self = serde_json::from_str(&text).map_err(|source| DataError::Manifest {
-            path: path.clone(),
-            source,
-        })?;
-        if m.format != "ember-logits" || m.format_version != m.meta.codec.version() {
+        let m: Self = read_manifest(
+            &path,
+            "ember-logits",
+            &[1, LOGITS_FORMAT_VERSION],
+            |m: &Self| (m.format.as_str(), m.format_version),
+        )?;
+        if m.format_version != m.meta.codec.version() {
             return Err(DataError::Format {
                 path,
                 message: format!(
-                    "format {:?} v{} is not ember-logits v1 (full) or v{LOGITS_FORMAT_VERSION} (compact) as its codec says",
-                    m.format, m.format_version
+                    "format v{} but its codec {:?} writes v{}",
+                    m.format_version,
+                    m.meta.codec,
+                    m.meta.codec.version()
                 ),
             });
         }

@@ -113,7 +113,7 @@ impl DatasetManifest {
         read_manifest(
             &dir.join(Self::FILE),
             "ember-tokens",
-            TOKENS_FORMAT_VERSION,
+            &[TOKENS_FORMAT_VERSION],
             |m: &Self| (m.format.as_str(), m.format_version),
         )
     }
