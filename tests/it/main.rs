@@ -6,6 +6,7 @@ mod chat;
 mod data;
 mod distill;
 mod errors;
+mod families;
 mod kd;
 mod logits;
 mod nonfinite;

@@ -16,7 +16,7 @@ use crate::teacher::fixture;
 const V: usize = 512;
 
 /// (input_ids [2, t], logits [2, t, 512], t) computed by transformers in f32.
-fn reference(name: &str) -> (Vec<i64>, Vec<f32>, usize) {
+pub(crate) fn reference(name: &str) -> (Vec<i64>, Vec<f32>, usize) {
     let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
@@ -36,7 +36,13 @@ fn reference(name: &str) -> (Vec<i64>, Vec<f32>, usize) {
     (ids, logits, t)
 }
 
-fn forward(teacher: &Teacher, ids: &[i64], b: usize, t: usize, pad: Option<Vec<bool>>) -> Vec<f32> {
+pub(crate) fn forward(
+    teacher: &Teacher,
+    ids: &[i64],
+    b: usize,
+    t: usize,
+    pad: Option<Vec<bool>>,
+) -> Vec<f32> {
     let device = Device::flex();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [b, t]), &device);
     let pad = pad.map(|p| Tensor::<2, Bool>::from_data(TensorData::new(p, [b, t]), &device));
@@ -48,14 +54,22 @@ fn forward(teacher: &Teacher, ids: &[i64], b: usize, t: usize, pad: Option<Vec<b
 }
 
 /// Max |a - b| over the first `len` positions of row `ra` of `a` (`[*, ta, V]`) and row `rb` of `b`.
-fn diff(a: &[f32], ta: usize, ra: usize, b: &[f32], tb: usize, rb: usize, len: usize) -> f32 {
+pub(crate) fn diff(
+    a: &[f32],
+    ta: usize,
+    ra: usize,
+    b: &[f32],
+    tb: usize,
+    rb: usize,
+    len: usize,
+) -> f32 {
     (0..len * V)
         .map(|i| (a[ra * ta * V + i] - b[rb * tb * V + i]).abs())
         .fold(0.0, f32::max)
 }
 
 /// Full batch, prefixes of row 1, and a right-padded batch, against transformers.
-fn parity(name: &str) -> (f32, f32, f32) {
+pub(crate) fn parity(name: &str) -> (f32, f32, f32) {
     let teacher = load_teacher(&fixture(name), &Device::flex(), DType::F32)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let (ids, want, t) = reference(name);
@@ -147,7 +161,7 @@ fn edited(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::Te
     dir
 }
 
-enum Expect {
+pub(crate) enum Expect {
     /// Loads, and the logits differ from the unedited checkpoint's (the field is read).
     Changes,
     /// Loads, and the logits equal the unedited checkpoint's (transformers ignores it too).
@@ -163,7 +177,7 @@ fn every_math_field_is_honoured_or_refused() {
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let set =
         |k: &'static str, v: serde_json::Value| -> Edit { Box::new(move |c| c[k] = v.clone()) };
-    let cases: Vec<(&str, &str, Edit, Expect)> = vec![
+    let cases: Vec<FieldCase> = vec![
         // RoPE: every type, both spellings, bad settings
         (
             "llama",
@@ -553,11 +567,25 @@ fn every_math_field_is_honoured_or_refused() {
             Refused("weight_scale_inv"),
         ),
     ];
+    check_field_cases(&cases);
+}
+
+/// A config edit of a fixture and what it must do.
+pub(crate) type FieldCase = (
+    &'static str,
+    &'static str,
+    Box<dyn Fn(&mut serde_json::Value)>,
+    Expect,
+);
+
+/// Load each edited fixture and check the outcome against transformers' behaviour.
+pub(crate) fn check_field_cases(cases: &[FieldCase]) {
+    use Expect::*;
     let device = Device::flex();
     let mut base: HashMap<&str, (Vec<f32>, Vec<i64>)> = HashMap::new();
     let mut report = Vec::new();
     let mut failures = Vec::new();
-    for (name, what, edit, expect) in &cases {
+    for (name, what, edit, expect) in cases {
         let (ids, t) = {
             let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
             let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -699,6 +727,7 @@ fn kv_cache_decoding_matches_the_full_forward_for_every_architecture() {
             .map(|(n, _)| *n)
             .filter(|n| *n != "llama_dynamic"),
     );
+    names.extend(crate::families::FAMILIES.iter().map(|(n, _)| *n));
     let mut table = Vec::new();
     let mut worst = 0.0f32;
     let mut check = |label: String, teacher: &Teacher, ids: &[i64]| {
@@ -754,6 +783,9 @@ fn experts_streamed_from_the_file_give_the_same_logits() {
         "kimi_k2",
         "glm4_moe",
         "minimax_m2",
+        "deepseek_v32",
+        "longcat_flash",
+        "qwen3_next",
     ] {
         let (ids, _, t) = reference(name);
         let loaded =

@@ -26,10 +26,16 @@ pub enum Arch {
     KimiK2,
     Glm4Moe,
     MiniMaxM2,
+    /// DeepSeek-V3.2: DeepSeek-V3 with the sparse-attention indexer.
+    DeepseekV32,
+    /// Meituan LongCat-Flash: paired MLA sublayers with a shortcut MoE and identity experts.
+    LongcatFlash,
+    /// Qwen3-Next: Gated DeltaNet and gated full attention, zero-centred norms.
+    Qwen3Next,
 }
 
 impl Arch {
-    pub const SUPPORTED: [&'static str; 9] = [
+    pub const SUPPORTED: [&'static str; 12] = [
         "llama",
         "qwen2",
         "qwen3",
@@ -39,11 +45,17 @@ impl Arch {
         "kimi_k2",
         "glm4_moe",
         "minimax_m2",
+        "deepseek_v32",
+        "longcat_flash",
+        "qwen3_next",
     ];
 
-    /// Multi-head latent attention (DeepSeek-V3 and Kimi K2).
+    /// Multi-head latent attention (DeepSeek-V3, Kimi K2, DeepSeek-V3.2, LongCat-Flash).
     pub fn is_mla(self) -> bool {
-        matches!(self, Arch::DeepseekV3 | Arch::KimiK2)
+        matches!(
+            self,
+            Arch::DeepseekV3 | Arch::KimiK2 | Arch::DeepseekV32 | Arch::LongcatFlash
+        )
     }
 
     fn from_model_type(t: &str) -> Option<Self> {
@@ -57,6 +69,9 @@ impl Arch {
             "kimi_k2" => Arch::KimiK2,
             "glm4_moe" => Arch::Glm4Moe,
             "minimax_m2" => Arch::MiniMaxM2,
+            "deepseek_v32" => Arch::DeepseekV32,
+            "longcat_flash" => Arch::LongcatFlash,
+            "qwen3_next" => Arch::Qwen3Next,
             _ => return None,
         })
     }
@@ -69,9 +84,16 @@ pub struct HfConfig {
     pub architectures: Vec<String>,
     pub vocab_size: usize,
     pub hidden_size: usize,
-    #[serde(default)]
+    /// LongCat spells it `ffn_hidden_size`.
+    #[serde(default, alias = "ffn_hidden_size")]
     pub intermediate_size: Option<usize>,
+    /// Decoder layers as Ember loops over them. LongCat-Flash: its `num_layers` (each layer
+    /// holds two attention sublayers; transformers' `num_hidden_layers` is twice that).
+    #[serde(default)]
     pub num_hidden_layers: usize,
+    /// LongCat-Flash's layer count.
+    #[serde(default)]
+    pub num_layers: Option<usize>,
     pub num_attention_heads: usize,
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
@@ -126,9 +148,11 @@ pub struct HfConfig {
     pub num_local_experts: Option<usize>,
     #[serde(default)]
     pub n_routed_experts: Option<usize>,
-    #[serde(default)]
+    /// LongCat spells it `moe_topk`.
+    #[serde(default, alias = "moe_topk")]
     pub num_experts_per_tok: Option<usize>,
-    #[serde(default)]
+    /// LongCat spells it `expert_ffn_hidden_size`.
+    #[serde(default, alias = "expert_ffn_hidden_size")]
     pub moe_intermediate_size: Option<usize>,
     #[serde(default)]
     pub decoder_sparse_step: Option<usize>,
@@ -164,6 +188,35 @@ pub struct HfConfig {
     pub v_head_dim: Option<usize>,
     #[serde(default)]
     pub rope_interleave: Option<bool>,
+
+    // DeepSeek-V3.2 sparse attention
+    #[serde(default)]
+    pub index_topk: Option<usize>,
+    #[serde(default)]
+    pub index_head_dim: Option<usize>,
+    #[serde(default)]
+    pub index_n_heads: Option<usize>,
+
+    // LongCat-Flash
+    /// Zero-computation (identity) experts beside the routed ones.
+    #[serde(default)]
+    pub zero_expert_num: Option<usize>,
+
+    // Qwen3-Next linear attention
+    #[serde(default)]
+    pub linear_conv_kernel_dim: Option<usize>,
+    #[serde(default)]
+    pub linear_key_head_dim: Option<usize>,
+    #[serde(default)]
+    pub linear_value_head_dim: Option<usize>,
+    #[serde(default)]
+    pub linear_num_key_heads: Option<usize>,
+    #[serde(default)]
+    pub linear_num_value_heads: Option<usize>,
+    #[serde(default)]
+    pub shared_expert_intermediate_size: Option<usize>,
+    #[serde(default)]
+    pub full_attention_interval: Option<usize>,
 
     /// The whole config.json, to tell an absent key from an explicit `null`.
     #[serde(skip)]
@@ -213,6 +266,7 @@ impl HfConfig {
             source,
         })?;
         cfg.sha256 = format!("{:x}", Sha256::digest(bytes));
+        cfg.resolve_layers().map_err(err)?;
         cfg.check_fields().map_err(err)?;
         Ok(cfg)
     }
@@ -248,10 +302,10 @@ impl HfConfig {
         if self.mlp_bias == Some(true) {
             return Err("mlp_bias true is not supported (bias on the MLP projections)".into());
         }
-        // partial rotation: only GLM-4.5 and MiniMax-M2 rotate part of each head in
+        // partial rotation: only GLM-4.5, MiniMax-M2 and Qwen3-Next rotate part of each head in
         // transformers; the merged settings tell, whichever spelling carried the factor
         let rope = self.rope()?;
-        if !matches!(arch, Arch::Glm4Moe | Arch::MiniMaxM2) {
+        if !matches!(arch, Arch::Glm4Moe | Arch::MiniMaxM2 | Arch::Qwen3Next) {
             if let Some(r) = self.rotary_dim {
                 return Err(format!("rotary_dim {r} is only read for minimax_m2"));
             }
@@ -328,6 +382,93 @@ impl HfConfig {
                     ));
                 }
             }
+            Arch::DeepseekV32 => {
+                refuse_unless("scoring_func", &["sigmoid"])?;
+                refuse_unless("topk_method", &["noaux_tc"])?;
+                if self.rope_interleave == Some(false) {
+                    return Err("rope_interleave false is not supported by deepseek_v32 (transformers always interleaves its MLA rotary dims)".into());
+                }
+                if self.has("q_lora_rank") && self.q_lora_rank.is_none() {
+                    return Err("q_lora_rank null is not supported by deepseek_v32 (the indexer reads the query latent)".into());
+                }
+                let (d, r) = (
+                    self.index_head_dim.unwrap_or(128),
+                    self.qk_rope_head_dim.unwrap_or(64),
+                );
+                if d < r {
+                    return Err(format!(
+                        "index_head_dim {d} is smaller than qk_rope_head_dim {r}, which the indexer rotates"
+                    ));
+                }
+                if self.index_topk == Some(0) || self.index_n_heads == Some(0) {
+                    return Err("index_topk and index_n_heads must be positive".into());
+                }
+                self.check_layer_types(&["indexed_attention"])?;
+                if let Some(types) = self.raw.get("mlp_layer_types").filter(|v| !v.is_null()) {
+                    let ok = types.as_array().is_some_and(|a| {
+                        a.len() == self.num_hidden_layers
+                            && a.iter()
+                                .all(|t| matches!(t.as_str(), Some("dense" | "sparse")))
+                    });
+                    if !ok {
+                        return Err(format!(
+                            "mlp_layer_types {types} must list \"dense\" or \"sparse\" for each of the {} layers",
+                            self.num_hidden_layers
+                        ));
+                    }
+                }
+            }
+            Arch::LongcatFlash => {
+                refuse_unless("zero_expert_type", &["identity"])?;
+                if self.rope_interleave == Some(false) {
+                    return Err("rope_interleave false is not supported by longcat_flash (transformers always interleaves its MLA rotary dims)".into());
+                }
+                if self.raw.get("router_bias").and_then(|v| v.as_bool()) == Some(true) {
+                    return Err("router_bias true is not supported by longcat_flash (transformers' router ignores the classifier bias)".into());
+                }
+                for k in ["mla_scale_q_lora", "mla_scale_kv_lora"] {
+                    if self.raw.get(k).and_then(|v| v.as_bool()) == Some(false) {
+                        return Err(format!(
+                            "{k} false is not supported by longcat_flash (transformers always scales the MLA latents)"
+                        ));
+                    }
+                }
+                if self.has("q_lora_rank") && self.q_lora_rank.is_none() {
+                    return Err("q_lora_rank null is not supported by longcat_flash (its queries always go through the low-rank path)".into());
+                }
+                let rope = self.qk_rope_head_dim.unwrap_or(64);
+                if let Some(h) = self.head_dim.filter(|&h| h != rope) {
+                    return Err(format!(
+                        "head_dim {h} differs from qk_rope_head_dim {rope}: transformers' longcat_flash sizes its rotary tables by head_dim and rotates qk_rope_head_dim dims"
+                    ));
+                }
+                let qk = self.qk_nope_head_dim.unwrap_or(128) + rope;
+                if let Some(v) = self.raw.get("qk_head_dim").and_then(|v| v.as_u64())
+                    && v as usize != qk
+                {
+                    return Err(format!(
+                        "qk_head_dim {v} differs from qk_nope_head_dim + qk_rope_head_dim = {qk}"
+                    ));
+                }
+            }
+            Arch::Qwen3Next => {
+                self.check_layer_types(&["linear_attention", "full_attention"])?;
+                let (nk, nv) = (
+                    self.linear_num_key_heads.unwrap_or(16),
+                    self.linear_num_value_heads.unwrap_or(32),
+                );
+                if nk == 0 || nv % nk != 0 {
+                    return Err(format!(
+                        "linear_num_value_heads {nv} is not a multiple of linear_num_key_heads {nk}"
+                    ));
+                }
+                if self.linear_conv_kernel_dim == Some(0) {
+                    return Err("linear_conv_kernel_dim 0 must be positive".into());
+                }
+                if self.use_sliding_window == Some(true) {
+                    return Err("use_sliding_window true is not read by transformers' qwen3_next model; refusing it rather than ignoring it".into());
+                }
+            }
             Arch::Qwen2 | Arch::Qwen3 => {
                 if let Some(types) = &self.layer_types {
                     if types.len() != self.num_hidden_layers {
@@ -352,13 +493,61 @@ impl HfConfig {
         if self.use_qk_norm == Some(true)
             && !matches!(
                 arch,
-                Arch::Glm4Moe | Arch::MiniMaxM2 | Arch::Qwen3 | Arch::Qwen3Moe
+                Arch::Glm4Moe | Arch::MiniMaxM2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen3Next
             )
         {
             return Err(format!(
                 "use_qk_norm true is not read by transformers' {} model; refusing it rather than ignoring it",
                 self.model_type
             ));
+        }
+        Ok(())
+    }
+
+    /// The layer count from `num_hidden_layers` (LongCat: `num_layers`, or half of
+    /// `num_hidden_layers` as transformers' setter takes it); Qwen3-Next's `layer_types`
+    /// from `full_attention_interval` (default 4) when absent, as transformers derives it.
+    fn resolve_layers(&mut self) -> Result<(), String> {
+        let hidden_layers = self
+            .has("num_hidden_layers")
+            .then_some(self.num_hidden_layers);
+        if self.arch == Arch::LongcatFlash {
+            self.num_hidden_layers = match (self.num_layers, hidden_layers) {
+                (Some(n), Some(h)) if h != 2 * n => {
+                    return Err(format!(
+                        "num_layers {n} and num_hidden_layers {h} disagree (num_hidden_layers counts both attention sublayers of each layer: {})",
+                        2 * n
+                    ));
+                }
+                (Some(n), _) => n,
+                (None, Some(h)) if h % 2 == 0 => h / 2,
+                (None, Some(h)) => {
+                    return Err(format!(
+                        "num_hidden_layers {h} is odd; longcat_flash layers hold two attention sublayers"
+                    ));
+                }
+                (None, None) => return Err("config lacks num_layers".into()),
+            };
+        } else if hidden_layers.is_none() {
+            return Err("config lacks num_hidden_layers".into());
+        }
+        if self.arch == Arch::Qwen3Next && self.layer_types.is_none() {
+            let every = self.full_attention_interval.unwrap_or(4);
+            if every == 0 {
+                return Err("full_attention_interval 0 must be positive".into());
+            }
+            self.layer_types = Some(
+                (0..self.num_hidden_layers)
+                    .map(|i| {
+                        if (i + 1) % every == 0 {
+                            "full_attention"
+                        } else {
+                            "linear_attention"
+                        }
+                        .to_string()
+                    })
+                    .collect(),
+            );
         }
         Ok(())
     }
@@ -373,14 +562,38 @@ impl HfConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(match self.arch {
+            // transformers' Qwen3NextConfig default
+            Arch::Qwen3Next => 256,
+            _ => self.hidden_size / self.num_attention_heads,
+        })
+    }
+
+    /// `layer_types`, if present, has one of `allowed` per layer.
+    fn check_layer_types(&self, allowed: &[&str]) -> Result<(), String> {
+        let Some(types) = &self.layer_types else {
+            return Ok(());
+        };
+        if types.len() != self.num_hidden_layers {
+            return Err(format!(
+                "layer_types has {} entries for {} layers",
+                types.len(),
+                self.num_hidden_layers
+            ));
+        }
+        match types.iter().find(|t| !allowed.contains(&t.as_str())) {
+            Some(t) => Err(format!(
+                "layer_types entry {t:?} is not supported by {} (supported: {allowed:?})",
+                self.model_type
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `rms_norm_eps`, defaulting as transformers' config class of this architecture does.
     pub fn rms_norm_eps(&self) -> f64 {
         self.rms_norm_eps_raw.unwrap_or(match self.arch {
-            Arch::Mixtral | Arch::Glm4Moe => 1e-5,
+            Arch::Mixtral | Arch::Glm4Moe | Arch::LongcatFlash => 1e-5,
             _ => 1e-6,
         })
     }
@@ -393,6 +606,7 @@ impl HfConfig {
             .unwrap_or(match self.arch {
                 Arch::Mixtral => 1e6,
                 Arch::MiniMaxM2 => 5e6,
+                Arch::LongcatFlash => 1e7,
                 _ => 10000.0,
             })
     }
@@ -404,8 +618,10 @@ impl HfConfig {
         if let (Some(r), Arch::MiniMaxM2) = (self.rotary_dim, self.arch) {
             partial = partial.or(Some(r as f64 / self.head_dim() as f64));
         }
-        if self.arch == Arch::Glm4Moe {
-            partial = partial.or(Some(0.5));
+        match self.arch {
+            Arch::Glm4Moe => partial = partial.or(Some(0.5)),
+            Arch::Qwen3Next => partial = partial.or(Some(0.25)),
+            _ => {}
         }
         let map = rope_settings(
             self.rope_scaling.as_ref(),
@@ -418,9 +634,10 @@ impl HfConfig {
 
     /// Dims per head that RoPE applies to before any partial factor (MLA: the decoupled slice).
     fn rope_head_dim(&self) -> usize {
-        match self.arch {
-            Arch::DeepseekV3 | Arch::KimiK2 => self.qk_rope_head_dim.unwrap_or(64),
-            _ => self.head_dim(),
+        if self.arch.is_mla() {
+            self.qk_rope_head_dim.unwrap_or(64)
+        } else {
+            self.head_dim()
         }
     }
 

@@ -12,7 +12,7 @@ use crate::model::{Attention, LatentAttention, Layer, QueryPath};
 use crate::{HfConfig, TeacherError, Weights};
 
 /// transformers' `DeepseekV3Config` defaults for the router fields.
-const DEFAULTS: MoeDefaults = MoeDefaults {
+pub(crate) const DEFAULTS: MoeDefaults = MoeDefaults {
     n_group: 8,
     topk_group: 4,
     routed_scaling_factor: 2.5,
@@ -21,17 +21,22 @@ const DEFAULTS: MoeDefaults = MoeDefaults {
 };
 
 pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, TeacherError> {
-    let attn = Attention::Latent(latent_attention(cfg, w, i)?);
+    let attn = Attention::Latent(latent_attention(
+        cfg,
+        w,
+        &format!("model.layers.{i}.self_attn"),
+    )?);
     let ffn = first_k_dense_ffn(cfg, w, i, &DEFAULTS)?;
     layer_with(cfg, w, i, attn, ffn)
 }
 
-fn latent_attention(
+/// DeepSeek's multi-head latent attention at `p` (also the MLA of DeepSeek-V3.2 and
+/// LongCat-Flash, which add to it).
+pub(crate) fn latent_attention(
     cfg: &HfConfig,
     w: &Weights,
-    i: usize,
+    p: &str,
 ) -> Result<LatentAttention, TeacherError> {
-    let p = format!("model.layers.{i}.self_attn");
     let h = cfg.hidden_size;
     let nh = cfg.num_attention_heads;
     let nope = cfg.qk_nope_head_dim.unwrap_or(128);
@@ -89,5 +94,8 @@ fn latent_attention(
         kv_lora_rank: kv_rank,
         rope_interleave: cfg.rope_interleave.unwrap_or(true),
         softmax_scale: rope_cfg.mla_softmax_correction() / ((nope + rope) as f64).sqrt(),
+        q_scale: 1.0,
+        kv_scale: 1.0,
+        indexer: None,
     })
 }

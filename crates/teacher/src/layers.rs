@@ -58,10 +58,13 @@ impl Linear {
 }
 
 /// RMSNorm as HF computes it: statistics in float32, `w * (x / sqrt(mean(x^2) + eps))`
-/// with the weight applied in the compute dtype.
+/// with the weight applied in the compute dtype; or, zero-centred (Qwen3-Next), `(1 + w)`
+/// applied in float32 before the cast back.
 pub struct RmsNorm {
     pub weight: Tensor<1>,
     pub eps: f64,
+    /// The weight is stored as an offset from 1 (`x * (1 + w)`).
+    pub centred: bool,
 }
 
 impl RmsNorm {
@@ -69,6 +72,20 @@ impl RmsNorm {
         Ok(Self {
             weight: w.get(key, [dim])?,
             eps,
+            centred: false,
+        })
+    }
+
+    /// A zero-centred norm (`x * (1 + w)`, Qwen3-Next's `Qwen3NextRMSNorm`).
+    pub fn load_centred(
+        w: &Weights,
+        key: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self, TeacherError> {
+        Ok(Self {
+            centred: true,
+            ..Self::load(w, key, dim, eps)?
         })
     }
 
@@ -77,7 +94,39 @@ impl RmsNorm {
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
+        if self.centred {
+            let scale = self.weight.clone().cast(DType::F32).add_scalar(1.0);
+            return (x / rms * scale.unsqueeze::<D>()).cast(dtype);
+        }
         (x / rms).cast(dtype) * self.weight.clone().unsqueeze::<D>()
+    }
+}
+
+/// `torch.nn.LayerNorm` (weight and bias), statistics in float32.
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// `<prefix>.weight` and `<prefix>.bias`, both `[dim]`.
+    pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self, TeacherError> {
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"), [dim])?,
+            bias: w.get(&format!("{prefix}.bias"), [dim])?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension; the result is float32.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = x.cast(DType::F32);
+        let mean = x.clone().mean_dim(D - 1);
+        let centred = x - mean;
+        let var = centred.clone().square().mean_dim(D - 1);
+        centred / (var + self.eps).sqrt() * self.weight.clone().cast(DType::F32).unsqueeze::<D>()
+            + self.bias.clone().cast(DType::F32).unsqueeze::<D>()
     }
 }
 
@@ -118,10 +167,41 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         .reshape([b, h * n_rep, t, d])
 }
 
+/// Which keys each query may not see (`[b, 1, tq, tk]`, true = masked), where the queries are
+/// the last `tq` of the `tk` positions (`tk > tq` when earlier keys come from a KV cache):
+/// keys after the query, keys `window` or more positions before it (sliding window), and
+/// padding keys (`pad`, `[b, tk]`, true = padding). A query never loses its own key, so no
+/// row is fully masked (a padding query's output is garbage, but finite).
+pub fn attention_mask(
+    b: usize,
+    tq: usize,
+    tk: usize,
+    pad: Option<&Tensor<2, Bool>>,
+    window: Option<usize>,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let off = tk - tq;
+    let masked = |i: usize, j: usize| j > i + off || window.is_some_and(|w| i + off - j >= w);
+    let causal = if off == 0 && window.is_none_or(|w| w >= tq) {
+        Tensor::<2, Bool>::tril_mask([tq, tq], 0, device)
+    } else {
+        let m: Vec<bool> = (0..tq * tk).map(|ij| masked(ij / tk, ij % tk)).collect();
+        Tensor::<2, Bool>::from_data(TensorData::new(m, [tq, tk]), device)
+    };
+    let mut mask = causal.unsqueeze::<4>().expand([b, 1, tq, tk]);
+    if let Some(pad) = pad {
+        let keys = pad.clone().reshape([b, 1, 1, tk]).expand([b, 1, tq, tk]);
+        let own: Vec<bool> = (0..tq * tk).map(|ij| ij % tk == ij / tk + off).collect();
+        let own = Tensor::<2, Bool>::from_data(TensorData::new(own, [tq, tk]), device)
+            .unsqueeze::<4>()
+            .expand([b, 1, tq, tk]);
+        mask = mask.bool_or(keys.bool_and(own.bool_not()));
+    }
+    mask
+}
+
 /// Eager causal attention, `q: [b, h, tq, dq]`, `k: [b, h, tk, dq]`, `v: [b, h, tk, dv]`,
-/// where the queries are the last `tq` of the `tk` positions (`tk > tq` when earlier keys
-/// come from a KV cache); optional key padding mask `[b, tk]` (true = padding), optional
-/// sliding window (a query sees at most `window` keys, itself included). Softmax in float32.
+/// masked as [`attention_mask`] says. Softmax in float32.
 pub fn causal_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -130,40 +210,37 @@ pub fn causal_attention(
     pad: Option<&Tensor<2, Bool>>,
     window: Option<usize>,
 ) -> Tensor<4> {
+    let [b, _, t, _] = q.dims();
+    let tk = k.dims()[2];
+    if t == 1 && pad.is_none() && window.is_none_or(|w| w >= tk) {
+        // one decoding step: the last position sees every cached key
+        return masked_attention(q, k, v, scale, None);
+    }
+    let mask = attention_mask(b, t, tk, pad, window, &q.device());
+    masked_attention(q, k, v, scale, Some(mask))
+}
+
+/// `softmax(q k^T * scale, masked) v`, the mask `[b, 1, tq, tk]` (true = masked) broadcast
+/// over heads. Softmax in float32.
+pub fn masked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
     let [b, h, t, _] = q.dims();
     let tk = k.dims()[2];
-    let off = tk - t;
-    let device = q.device();
     let dtype = q.dtype();
     let scores = q
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(scale)
         .cast(DType::F32);
-    if t == 1 && pad.is_none() && window.is_none_or(|w| w >= tk) {
-        // one decoding step: the last position sees every cached key
-        return softmax(scores, 3).cast(dtype).matmul(v);
-    }
-    // masked: keys after the query, or `window` or more positions before it
-    let masked = |i: usize, j: usize| j > i + off || window.is_some_and(|w| i + off - j >= w);
-    let causal = if off == 0 && window.is_none_or(|w| w >= t) {
-        Tensor::<2, Bool>::tril_mask([t, t], 0, &device)
-    } else {
-        let m: Vec<bool> = (0..t * tk).map(|ij| masked(ij / tk, ij % tk)).collect();
-        Tensor::<2, Bool>::from_data(TensorData::new(m, [t, tk]), &device)
+    let scores = match mask {
+        Some(m) => scores.mask_fill(m.expand([b, h, t, tk]), f32::NEG_INFINITY),
+        None => scores,
     };
-    let mut mask = causal.unsqueeze::<4>().expand([b, h, t, tk]);
-    if let Some(pad) = pad {
-        let keys = pad.clone().reshape([b, 1, 1, tk]).expand([b, h, t, tk]);
-        // a query never loses its own key, so no row is fully masked
-        let own: Vec<bool> = (0..t * tk).map(|ij| ij % tk == ij / tk + off).collect();
-        let own = Tensor::<2, Bool>::from_data(TensorData::new(own, [t, tk]), &device)
-            .unsqueeze::<4>()
-            .expand([b, h, t, tk]);
-        mask = mask.bool_or(keys.bool_and(own.bool_not()));
-    }
-    softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
-        .cast(dtype)
-        .matmul(v)
+    softmax(scores, 3).cast(dtype).matmul(v)
 }
 
 /// HF's names of the SwiGLU projections (gate, up, down).
@@ -209,9 +286,11 @@ impl Mlp {
 }
 
 /// A routed expert: in memory, or left in the checkpoint file and read each time tokens
-/// are routed to it ([`Weights::with_streamed_experts`]).
+/// are routed to it ([`Weights::with_streamed_experts`]), or a zero-computation expert
+/// that returns its input (LongCat-Flash).
 pub enum Expert {
     Loaded(Mlp),
+    Identity,
     Streamed {
         gate: LazyTensor,
         up: LazyTensor,
@@ -254,6 +333,7 @@ impl Expert {
     pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
             Expert::Loaded(mlp) => mlp.forward2(x),
+            Expert::Identity => x,
             Expert::Streamed { gate, up, down } => {
                 let g = x.clone().matmul(gate.load().transpose());
                 let u = x.matmul(up.load().transpose());

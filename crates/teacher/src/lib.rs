@@ -4,12 +4,16 @@
 
 mod config;
 mod deepseek_v3;
+mod deepseek_v32;
+mod delta_net;
 mod distillkit;
+mod dsa;
 mod error;
 mod glm4_moe;
 mod layers;
 mod llama;
 mod load;
+mod longcat_flash;
 mod minimax_m2;
 mod mixtral;
 mod model;
@@ -17,6 +21,7 @@ pub mod protocol;
 mod qwen2;
 mod qwen3;
 mod qwen3_moe;
+mod qwen3_next;
 mod record;
 mod remote;
 mod rope;

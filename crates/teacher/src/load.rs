@@ -7,10 +7,10 @@ use burn::tensor::DType;
 
 use crate::layers::{Expert, Mlp};
 use crate::layers::{Linear, RmsNorm};
-use crate::model::{Attention, Layer, MoeBlock, Router, StandardAttention, Teacher};
+use crate::model::{Attention, Block, Layer, MoeBlock, Router, StandardAttention, Teacher};
 use crate::{
-    Arch, HfConfig, TeacherError, Weights, deepseek_v3, glm4_moe, llama, minimax_m2, mixtral,
-    qwen2, qwen3, qwen3_moe,
+    Arch, HfConfig, TeacherError, Weights, deepseek_v3, deepseek_v32, glm4_moe, llama,
+    longcat_flash, minimax_m2, mixtral, qwen2, qwen3, qwen3_moe, qwen3_next,
 };
 
 /// Load the teacher at `dir` (`config.json` + safetensors) onto `device`, computing in `dtype`
@@ -54,22 +54,33 @@ pub fn load_teacher_with(
             Arch::DeepseekV3 | Arch::KimiK2 => deepseek_v3::layer(&config, &w, i),
             Arch::Glm4Moe => glm4_moe::layer(&config, &w, i),
             Arch::MiniMaxM2 => minimax_m2::layer(&config, &w, i),
+            Arch::DeepseekV32 => deepseek_v32::layer(&config, &w, i),
+            Arch::LongcatFlash => longcat_flash::layer(&config, &w, i),
+            Arch::Qwen3Next => qwen3_next::layer(&config, &w, i),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let norm = RmsNorm::load(&w, "model.norm.weight", h, config.rms_norm_eps())?;
+    let norm = if config.arch == Arch::Qwen3Next {
+        RmsNorm::load_centred(&w, "model.norm.weight", h, config.rms_norm_eps())?
+    } else {
+        RmsNorm::load(&w, "model.norm.weight", h, config.rms_norm_eps())?
+    };
     let lm_head = if config.tie_word_embeddings && !w.contains("lm_head.weight") {
         embed_tokens.clone().transpose()
     } else {
         w.get("lm_head.weight", [v, h])?.transpose()
     };
-    // Derived buffers, and the multi-token-prediction layers of DeepSeek-V3, Kimi K2 and
-    // GLM-4.5 (indices past num_hidden_layers), which next-token logits do not use.
-    let is_mtp = |k: &str| {
-        (config.arch.is_mla() || config.arch == Arch::Glm4Moe)
-            && k.strip_prefix("model.layers.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|n| n >= config.num_hidden_layers)
+    // Derived buffers, and the multi-token-prediction weights, which next-token logits do
+    // not use: layers past num_hidden_layers (DeepSeek-V3/V3.2, Kimi K2, GLM-4.5),
+    // `model.mtp.*` (LongCat-Flash), `mtp.*` (Qwen3-Next).
+    let is_mtp = |k: &str| match config.arch {
+        Arch::LongcatFlash => k.starts_with("model.mtp."),
+        Arch::Qwen3Next => k.starts_with("mtp."),
+        a if a.is_mla() || a == Arch::Glm4Moe => k
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n >= config.num_hidden_layers),
+        _ => false,
     };
     let unused: Vec<String> = w
         .unused()
@@ -105,18 +116,20 @@ pub(crate) fn layer_with(
     ffn: crate::model::FeedForward,
 ) -> Result<Layer, TeacherError> {
     let p = format!("model.layers.{i}");
-    let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps());
-    Ok(Layer {
-        input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
-        attn,
-        post_attention_layernorm: RmsNorm::load(
+    let norm = |name: &str| {
+        RmsNorm::load(
             w,
-            &format!("{p}.post_attention_layernorm.weight"),
-            h,
-            eps,
-        )?,
+            &format!("{p}.{name}.weight"),
+            cfg.hidden_size,
+            cfg.rms_norm_eps(),
+        )
+    };
+    Ok(Layer::PreNorm(Block {
+        input_layernorm: norm("input_layernorm")?,
+        attn,
+        post_attention_layernorm: norm("post_attention_layernorm")?,
         ffn,
-    })
+    }))
 }
 
 /// Where a standard attention normalises queries and keys (RMSNorm before RoPE).
@@ -170,6 +183,7 @@ pub(crate) fn standard_attention(
             None
         },
         qk_norm_over_heads: qk_norm == QkNorm::OverHeads,
+        output_gate: false,
         num_heads: nh,
         num_kv_heads: nkv,
         head_dim: hd,
@@ -230,6 +244,7 @@ pub(crate) fn sigmoid_moe(
         } else {
             None
         },
+        shared_expert_gate: None,
         top_k,
         router: Router::SigmoidGrouped {
             bias: w.read(&format!("{prefix}.gate.e_score_correction_bias"), &[n])?,
@@ -329,6 +344,7 @@ pub(crate) fn block_sparse_moe(
             })
             .collect::<Result<_, _>>()?,
         shared_experts: None,
+        shared_expert_gate: None,
         top_k: cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?,
         router: router(&p, n)?,
     })

@@ -1,16 +1,20 @@
-//! The decoder every supported teacher shares: embeddings, `L` pre-norm layers of
-//! (attention, feed-forward), final norm, LM head. Architectures differ in the attention
-//! (standard GQA with optional bias/q-k norms, or DeepSeek's multi-head latent attention)
-//! and in the feed-forward (dense SwiGLU, or routed experts); each architecture file
-//! assembles these from its checkpoint.
+//! The decoder every supported teacher shares: embeddings, `L` layers, final norm, LM head.
+//! A layer is one pre-norm block of (token mixer, feed-forward), or, for LongCat-Flash, two
+//! such blocks with a shortcut MoE beside them. Token mixers are standard GQA attention
+//! (optional bias, q/k norms, output gate), DeepSeek's multi-head latent attention (with
+//! DeepSeek-V3.2's sparse indexer or LongCat's latent scaling), or Gated DeltaNet linear
+//! attention (Qwen3-Next); feed-forwards are dense SwiGLU or routed experts. Each
+//! architecture file assembles these from its checkpoint.
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{sigmoid, softmax};
 
+use crate::delta_net::{DeltaState, GatedDeltaNet};
+use crate::dsa::Indexer;
 use crate::layers::{
-    Expert, Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, causal_attention,
-    dispatch_experts, repeat_kv, to_rows, topk_indices,
+    Expert, Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, attention_mask,
+    causal_attention, dispatch_experts, masked_attention, repeat_kv, to_rows, topk_indices,
 };
 use crate::rope::Rope;
 use crate::{Arch, HfConfig};
@@ -27,20 +31,34 @@ pub struct Teacher {
     pub rope: Rope,
 }
 
-pub struct Layer {
+/// One decoder layer.
+pub enum Layer {
+    /// `x += mixer(norm(x)); x += ffn(norm(x))`: every architecture but LongCat-Flash.
+    PreNorm(Block),
+    /// LongCat-Flash: two pre-norm blocks (MLA + dense MLP each); the MoE reads the first
+    /// block's post-attention norm output and its result joins the residual at the end.
+    Shortcut { blocks: [Block; 2], moe: MoeBlock },
+}
+
+/// `x += mixer(input_layernorm(x)); x += ffn(post_attention_layernorm(x))`.
+pub struct Block {
     pub input_layernorm: RmsNorm,
     pub attn: Attention,
     pub post_attention_layernorm: RmsNorm,
     pub ffn: FeedForward,
 }
 
+/// The token mixer of a block.
 pub enum Attention {
     Standard(StandardAttention),
     Latent(LatentAttention),
+    /// Linear attention (Qwen3-Next).
+    DeltaNet(GatedDeltaNet),
 }
 
 /// GQA attention; `bias` on q/k/v (Qwen2), RMSNorm on q and k before RoPE, per head
-/// (Qwen3, GLM-4.5) or over the whole projection (MiniMax-M2).
+/// (Qwen3, GLM-4.5) or over the whole projection (MiniMax-M2); optionally a sigmoid output
+/// gate from a second half of each query head (Qwen3-Next).
 pub struct StandardAttention {
     pub q_proj: Linear,
     pub k_proj: Linear,
@@ -50,6 +68,8 @@ pub struct StandardAttention {
     pub k_norm: Option<RmsNorm>,
     /// q/k norms over all heads at once (`[heads * head_dim]` weights) rather than per head.
     pub qk_norm_over_heads: bool,
+    /// `q_proj` gives `[query, gate]` per head; the output is multiplied by `sigmoid(gate)`.
+    pub output_gate: bool,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -73,6 +93,12 @@ pub struct LatentAttention {
     pub kv_lora_rank: usize,
     pub rope_interleave: bool,
     pub softmax_scale: f64,
+    /// Factor on the queries (LongCat: `sqrt(hidden / q_lora_rank)`; else 1).
+    pub q_scale: f64,
+    /// Factor on the normalised key/value latent (LongCat: `sqrt(hidden / kv_lora_rank)`).
+    pub kv_scale: f64,
+    /// DeepSeek-V3.2's sparse-attention indexer (needs the low-rank query path).
+    pub indexer: Option<Indexer>,
 }
 
 pub enum QueryPath {
@@ -86,10 +112,12 @@ pub enum FeedForward {
 }
 
 pub struct MoeBlock {
-    /// Router `[hidden, experts]`.
+    /// Router `[hidden, experts]` (identity experts included).
     pub gate: Linear,
     pub experts: Vec<Expert>,
     pub shared_experts: Option<Mlp>,
+    /// Qwen3-Next: the shared expert's output is scaled by `sigmoid(x . w)`, `w` `[hidden, 1]`.
+    pub shared_expert_gate: Option<Linear>,
     pub top_k: usize,
     pub router: Router,
 }
@@ -97,6 +125,9 @@ pub struct MoeBlock {
 pub enum Router {
     /// Softmax over all experts, top-k, optionally renormalised (Qwen3-MoE, Mixtral).
     Softmax { norm_topk_prob: bool },
+    /// LongCat-Flash: softmax over all experts; the choice on probabilities + correction
+    /// bias; weights the un-biased probabilities times `scale`, not renormalised.
+    SoftmaxBiased { bias: Vec<f32>, scale: f32 },
     /// DeepSeek-V3: sigmoid scores; selection on scores + correction bias, restricted to
     /// the best `topk_group` of `n_group` groups (a group's score is the sum of its top 2);
     /// weights are the un-biased scores, optionally renormalised, times `scale`.
@@ -124,10 +155,18 @@ impl Teacher {
         self.run(input_ids, pad, None)
     }
 
-    /// An empty KV cache for [`Teacher::forward_cached`].
+    /// An empty cache for [`Teacher::forward_cached`].
     pub fn new_cache(&self) -> KvCache {
+        let mixers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::PreNorm(_) => 1,
+                Layer::Shortcut { .. } => 2,
+            })
+            .sum();
         KvCache {
-            layers: (0..self.layers.len()).map(|_| None).collect(),
+            mixers: (0..mixers).map(|_| MixerState::default()).collect(),
             len: 0,
         }
     }
@@ -160,12 +199,22 @@ impl Teacher {
             let (cos, sin) = self.rope.tables_at(off, t, &device);
             (cos.cast(dtype), sin.cast(dtype))
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
-            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = x + layer.attn.forward(h, &rope, pad, layer_cache);
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            x = x + layer.ffn.forward(h);
+        let ctx = Context { rope: &rope, pad };
+        let mut states = cache.as_mut().map(|c| c.mixers.iter_mut());
+        let mut next = || {
+            states
+                .as_mut()
+                .map(|s| s.next().expect("one state per mixer"))
+        };
+        for layer in &self.layers {
+            x = match layer {
+                Layer::PreNorm(block) => block.forward(x, &ctx, next()).0,
+                Layer::Shortcut { blocks, moe } => {
+                    let (x1, h) = blocks[0].forward(x, &ctx, next());
+                    let shortcut = moe.forward(h);
+                    blocks[1].forward(x1, &ctx, next()).0 + shortcut
+                }
+            };
         }
         if let Some(c) = cache {
             c.len += t;
@@ -177,44 +226,82 @@ impl Teacher {
     }
 }
 
-/// Keys and values (`[b, heads, positions, dim]`, after RoPE) of every layer for the
-/// positions decoded so far.
+/// What every token mixer of one forward pass shares.
+struct Context<'a> {
+    /// `(cos, sin)` of the pass's positions, `[t, rotary dims]`.
+    rope: &'a (Tensor<2>, Tensor<2>),
+    pad: Option<&'a Tensor<2, Bool>>,
+}
+
+/// What each token mixer keeps of the positions decoded so far, for
+/// [`Teacher::forward_cached`].
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    mixers: Vec<MixerState>,
     /// Positions held.
     pub len: usize,
 }
 
-/// Append the new keys/values to a layer's cache (if any) and return all of them.
-fn extend_cache(
-    cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-) -> (Tensor<4>, Tensor<4>) {
-    let Some(slot) = cache else {
+/// One token mixer's cache: keys and values (`[b, heads, positions, dim]`, after RoPE), the
+/// sparse indexer's keys, or a Gated DeltaNet's conv and recurrent state.
+#[derive(Default)]
+struct MixerState {
+    kv: Option<(Tensor<4>, Tensor<4>)>,
+    index_keys: Option<Tensor<4>>,
+    delta: Option<DeltaState>,
+}
+
+/// `x` appended (along the positions, dim 2) to what `slot` holds, which then holds the result.
+fn extend(slot: Option<&mut Option<Tensor<4>>>, x: Tensor<4>) -> Tensor<4> {
+    let Some(slot) = slot else {
+        return x;
+    };
+    let all = match slot.take() {
+        Some(prev) => Tensor::cat(vec![prev, x], 2),
+        None => x,
+    };
+    *slot = Some(all.clone());
+    all
+}
+
+/// Append the new keys/values to a mixer's cache (if any) and return all of them.
+fn extend_kv(state: Option<&mut MixerState>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    let Some(state) = state else {
         return (k, v);
     };
-    let (k, v) = match slot.take() {
+    let (k, v) = match state.kv.take() {
         Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
         None => (k, v),
     };
-    *slot = Some((k.clone(), v.clone()));
+    state.kv = Some((k.clone(), v.clone()));
     (k, v)
 }
 
-type LayerCache<'a> = Option<&'a mut Option<(Tensor<4>, Tensor<4>)>>;
+impl Block {
+    /// The block's output, and the post-attention norm's output (what LongCat's MoE reads).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: &Context<'_>,
+        state: Option<&mut MixerState>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let h = self.input_layernorm.forward(x.clone());
+        let x = x + self.attn.forward(h, ctx, state);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        (x + self.ffn.forward(h.clone()), h)
+    }
+}
 
 impl Attention {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &(Tensor<2>, Tensor<2>),
-        pad: Option<&Tensor<2, Bool>>,
-        cache: LayerCache<'_>,
+        ctx: &Context<'_>,
+        state: Option<&mut MixerState>,
     ) -> Tensor<3> {
         match self {
-            Attention::Standard(a) => a.forward(x, rope, pad, cache),
-            Attention::Latent(a) => a.forward(x, rope, pad, cache),
+            Attention::Standard(a) => a.forward(x, ctx, state),
+            Attention::Latent(a) => a.forward(x, ctx, state),
+            Attention::DeltaNet(a) => a.forward(x, ctx.pad, state.map(|s| &mut s.delta)),
         }
     }
 }
@@ -223,10 +310,10 @@ impl StandardAttention {
     fn forward(
         &self,
         x: Tensor<3>,
-        (cos, sin): &(Tensor<2>, Tensor<2>),
-        pad: Option<&Tensor<2, Bool>>,
-        cache: LayerCache<'_>,
+        ctx: &Context<'_>,
+        state: Option<&mut MixerState>,
     ) -> Tensor<3> {
+        let (cos, sin) = ctx.rope;
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let over_heads = self.qk_norm_over_heads;
@@ -238,29 +325,38 @@ impl StandardAttention {
             };
             y.swap_dims(1, 2)
         };
-        let q = apply_rope(
-            heads(self.q_proj.forward(x.clone()), nh, &self.q_norm),
-            cos,
-            sin,
-        );
+        let (q, gate) = if self.output_gate {
+            let qg = self.q_proj.forward(x.clone()).reshape([b, t, nh, 2 * hd]);
+            (
+                qg.clone().narrow(3, 0, hd).reshape([b, t, nh * hd]),
+                Some(qg.narrow(3, hd, hd).reshape([b, t, nh * hd])),
+            )
+        } else {
+            (self.q_proj.forward(x.clone()), None)
+        };
+        let q = apply_rope(heads(q, nh, &self.q_norm), cos, sin);
         let k = apply_rope(
             heads(self.k_proj.forward(x.clone()), nkv, &self.k_norm),
             cos,
             sin,
         );
         let v = heads(self.v_proj.forward(x), nkv, &None);
-        let (k, v) = extend_cache(cache, k, v);
+        let (k, v) = extend_kv(state, k, v);
         let scale = 1.0 / (hd as f64).sqrt();
         let y = causal_attention(
             q,
             repeat_kv(k, nh / nkv),
             repeat_kv(v, nh / nkv),
             scale,
-            pad,
+            ctx.pad,
             self.sliding_window,
         );
-        self.o_proj
-            .forward(y.swap_dims(1, 2).reshape([b, t, nh * hd]))
+        let y = y.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        let y = match gate {
+            Some(g) => y * sigmoid(g),
+            None => y,
+        };
+        self.o_proj.forward(y)
     }
 }
 
@@ -268,10 +364,10 @@ impl LatentAttention {
     fn forward(
         &self,
         x: Tensor<3>,
-        (cos, sin): &(Tensor<2>, Tensor<2>),
-        pad: Option<&Tensor<2, Bool>>,
-        cache: LayerCache<'_>,
+        ctx: &Context<'_>,
+        mut state: Option<&mut MixerState>,
     ) -> Tensor<3> {
+        let (cos, sin) = ctx.rope;
         let [b, t, _] = x.dims();
         let (nh, nope, rope_d, vd) = (
             self.num_heads,
@@ -280,22 +376,36 @@ impl LatentAttention {
             self.v_head_dim,
         );
         let qk_d = nope + rope_d;
-        let q = match &self.q {
-            QueryPath::Direct(q) => q.forward(x.clone()),
-            QueryPath::LowRank { a, norm, b: qb } => qb.forward(norm.forward(a.forward(x.clone()))),
+        let (q, q_latent) = match &self.q {
+            QueryPath::Direct(q) => (q.forward(x.clone()), None),
+            QueryPath::LowRank { a, norm, b: qb } => {
+                let latent = norm.forward(a.forward(x.clone()));
+                (qb.forward(latent.clone()), Some(latent))
+            }
+        };
+        let q = if self.q_scale != 1.0 {
+            q.mul_scalar(self.q_scale)
+        } else {
+            q
         };
         let q = q.reshape([b, t, nh, qk_d]).swap_dims(1, 2);
         let q_nope = q.clone().narrow(3, 0, nope);
         let q_pe = q.narrow(3, nope, rope_d);
 
-        let ckv = self.kv_a_proj_with_mqa.forward(x);
+        let ckv = self.kv_a_proj_with_mqa.forward(x.clone());
         let compressed = ckv.clone().narrow(2, 0, self.kv_lora_rank);
         let k_pe = ckv
             .narrow(2, self.kv_lora_rank, rope_d)
             .reshape([b, 1, t, rope_d]);
+        let latent = self.kv_a_layernorm.forward(compressed);
+        let latent = if self.kv_scale != 1.0 {
+            latent.mul_scalar(self.kv_scale)
+        } else {
+            latent
+        };
         let kv = self
             .kv_b_proj
-            .forward(self.kv_a_layernorm.forward(compressed))
+            .forward(latent)
             .reshape([b, t, nh, nope + vd])
             .swap_dims(1, 2);
         let k_nope = kv.clone().narrow(3, 0, nope);
@@ -311,8 +421,19 @@ impl LatentAttention {
         };
         let q = Tensor::cat(vec![q_nope, q_pe], 3);
         let k = Tensor::cat(vec![k_nope, k_pe.expand([b, nh, t, rope_d])], 3);
-        let (k, v) = extend_cache(cache, k, v);
-        let y = causal_attention(q, k, v, self.softmax_scale, pad, None);
+        let (k, v) = extend_kv(state.as_deref_mut(), k, v);
+        let y = match &self.indexer {
+            None => causal_attention(q, k, v, self.softmax_scale, ctx.pad, None),
+            Some(indexer) => {
+                let keys = indexer.keys(x.clone(), cos, sin);
+                let keys = extend(state.map(|s| &mut s.index_keys), keys);
+                let tk = k.dims()[2];
+                let base = attention_mask(b, t, tk, ctx.pad, None, &x.device());
+                let latent = q_latent.expect("the indexer is only built with a query latent");
+                let mask = indexer.restrict(x, latent, keys, (cos, sin), base);
+                masked_attention(q, k, v, self.softmax_scale, Some(mask))
+            }
+        };
         self.o_proj
             .forward(y.swap_dims(1, 2).reshape([b, t, nh * vd]))
     }
@@ -331,6 +452,11 @@ impl FeedForward {
 }
 
 impl MoeBlock {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        self.forward2(x.reshape([b * t, d])).reshape([b, t, d])
+    }
+
     fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
         // router in float32, as HF does
         let logits = x
@@ -340,6 +466,9 @@ impl MoeBlock {
         let routing = match &self.router {
             Router::Softmax { norm_topk_prob } => {
                 softmax_routing(to_rows(softmax(logits, 1)), self.top_k, *norm_topk_prob)
+            }
+            Router::SoftmaxBiased { bias, scale } => {
+                biased_routing(to_rows(softmax(logits, 1)), bias, self.top_k, *scale)
             }
             Router::SigmoidGrouped {
                 bias,
@@ -358,10 +487,18 @@ impl MoeBlock {
             ),
         };
         let routed = dispatch_experts(x.clone(), &self.experts, &routing);
-        match &self.shared_experts {
-            Some(shared) => routed + shared.forward2(x),
-            None => routed,
-        }
+        let Some(shared) = &self.shared_experts else {
+            return routed;
+        };
+        let y = shared.forward2(x.clone());
+        let y = match &self.shared_expert_gate {
+            Some(gate) => {
+                let dims = y.dims();
+                y * sigmoid(gate.forward2(x)).expand(dims)
+            }
+            None => y,
+        };
+        routed + y
     }
 }
 
@@ -378,6 +515,19 @@ pub fn softmax_routing(probs: Vec<Vec<f32>>, k: usize, norm: bool) -> Routing {
         }
         experts.push(idx);
         weights.push(w);
+    }
+    Routing { experts, weights }
+}
+
+/// Top-k of `probs + bias`; weights the un-biased probabilities times `scale` (LongCat-Flash).
+pub fn biased_routing(probs: Vec<Vec<f32>>, bias: &[f32], k: usize, scale: f32) -> Routing {
+    let mut experts = Vec::with_capacity(probs.len());
+    let mut weights = Vec::with_capacity(probs.len());
+    for p in probs {
+        let biased: Vec<f32> = p.iter().zip(bias).map(|(a, b)| a + b).collect();
+        let idx = topk_indices(&biased, k);
+        weights.push(idx.iter().map(|&i| p[i] * scale).collect());
+        experts.push(idx);
     }
     Routing { experts, weights }
 }

@@ -30,6 +30,7 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
                 .map(|e| Expert::load(w, &format!("{p}.experts.{e}"), h, inter))
                 .collect::<Result<_, _>>()?,
             shared_experts: None,
+            shared_expert_gate: None,
             top_k: cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?,
             router: Router::Softmax {
                 norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),

@@ -1,0 +1,319 @@
+//! The newest teacher families against transformers: DeepSeek-V3.2 sparse attention,
+//! LongCat-Flash, Qwen3-Next. Fixtures and transformers' logits:
+//! tests/fixtures/teachers/make_family_fixtures.py.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use ember_teacher::load_teacher;
+use serde_json::json;
+
+use crate::shipped::{Expect, FieldCase, check_field_cases, diff, forward, parity, reference};
+use crate::teacher::fixture;
+
+pub const FAMILIES: [(&str, &str); 3] = [
+    (
+        "deepseek_v32",
+        "MLA + DSA indexer, index_topk 6 of 24 keys, YaRN",
+    ),
+    (
+        "longcat_flash",
+        "2 MLA+MLP blocks per layer, shortcut MoE, 2 identity experts",
+    ),
+    (
+        "qwen3_next",
+        "Gated DeltaNet + gated attention, length 80 (chunks 64 + 16)",
+    ),
+];
+
+#[test]
+fn new_families_match_transformers_within_1e_4() {
+    let mut table = vec![format!(
+        "{:<14} {:>9} {:>9} {:>9}  {}",
+        "fixture", "full", "prefixes", "padded", "feature"
+    )];
+    let mut failures = Vec::new();
+    for (name, what) in FAMILIES {
+        let (full, prefix, pad) = parity(name);
+        table.push(format!(
+            "{name:<14} {full:>9.2e} {prefix:>9.2e} {pad:>9.2e}  {what}"
+        ));
+        if full.max(prefix).max(pad) >= 1e-4 {
+            failures.push(name);
+        }
+    }
+    eprintln!(
+        "new-family parity (max abs logit diff vs transformers f32):\n{}",
+        table.join("\n")
+    );
+    assert!(failures.is_empty(), "{failures:?}\n{}", table.join("\n"));
+}
+
+/// The indexer's choice matters on this fixture: keeping every key gives other logits, and
+/// Ember's sparse result is transformers' (the parity test), so the sparsity is exact.
+#[test]
+fn deepseek_v32_sparsity_changes_the_logits() {
+    let device = Device::flex();
+    let (ids, want, t) = reference("deepseek_v32");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("deepseek_v32").join(f), dir.path().join(f)).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["index_topk"] = json!(t);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let dense = load_teacher(dir.path(), &device, DType::F32).unwrap();
+    let got = forward(&dense, &ids, 2, t, None);
+    let d = diff(&got, t, 0, &want, t, 0, t).max(diff(&got, t, 1, &want, t, 1, t));
+    assert!(
+        d > 1e-2,
+        "all keys vs top-6 keys: max logit change only {d}"
+    );
+    // the first index_topk positions see at most index_topk keys: there, nothing changes
+    let early = diff(&got, t, 0, &want, t, 0, 6).max(diff(&got, t, 1, &want, t, 1, 6));
+    assert!(early < 1e-4, "positions < index_topk changed by {early}");
+}
+
+#[test]
+fn new_family_fields_are_honoured_or_refused() {
+    use Expect::*;
+    let set = |k: &'static str, v: serde_json::Value| -> Box<dyn Fn(&mut serde_json::Value)> {
+        Box::new(move |c| c[k] = v.clone())
+    };
+    let cases: Vec<FieldCase> = vec![
+        (
+            "deepseek_v32",
+            "index_topk 3",
+            set("index_topk", json!(3)),
+            Changes,
+        ),
+        (
+            "deepseek_v32",
+            "rope_interleave false",
+            set("rope_interleave", json!(false)),
+            Refused("rope_interleave false is not supported by deepseek_v32"),
+        ),
+        (
+            "deepseek_v32",
+            "q_lora_rank null",
+            set("q_lora_rank", json!(null)),
+            Refused("q_lora_rank null is not supported by deepseek_v32"),
+        ),
+        (
+            "deepseek_v32",
+            "index_head_dim below the rotary dims",
+            set("index_head_dim", json!(4)),
+            Refused("index_head_dim 4 is smaller than qk_rope_head_dim 8"),
+        ),
+        (
+            "deepseek_v32",
+            "a layer type other than indexed_attention",
+            set(
+                "layer_types",
+                json!(["indexed_attention", "full_attention"]),
+            ),
+            Refused("layer_types entry \"full_attention\""),
+        ),
+        (
+            "deepseek_v32",
+            "mlp_layer_types of the wrong length",
+            set("mlp_layer_types", json!(["dense"])),
+            Refused("mlp_layer_types"),
+        ),
+        (
+            "deepseek_v32",
+            "softmax scoring",
+            set("scoring_func", json!("softmax")),
+            Refused("scoring_func \"softmax\""),
+        ),
+        (
+            "longcat_flash",
+            "routed_scaling_factor",
+            set("routed_scaling_factor", json!(1.0)),
+            Changes,
+        ),
+        (
+            "longcat_flash",
+            "num_hidden_layers beside num_layers, consistent",
+            set("num_hidden_layers", json!(4)),
+            Same,
+        ),
+        (
+            "longcat_flash",
+            "num_hidden_layers disagreeing with num_layers",
+            set("num_hidden_layers", json!(2)),
+            Refused("num_layers 2 and num_hidden_layers 2 disagree"),
+        ),
+        (
+            "longcat_flash",
+            "router_bias true",
+            set("router_bias", json!(true)),
+            Refused("router_bias true is not supported by longcat_flash"),
+        ),
+        (
+            "longcat_flash",
+            "zero experts other than identity",
+            set("zero_expert_type", json!("zero")),
+            Refused("zero_expert_type \"zero\""),
+        ),
+        (
+            "longcat_flash",
+            "mla_scale_q_lora false",
+            set("mla_scale_q_lora", json!(false)),
+            Refused("mla_scale_q_lora false"),
+        ),
+        (
+            "longcat_flash",
+            "head_dim other than qk_rope_head_dim",
+            set("head_dim", json!(16)),
+            Refused("head_dim 16 differs from qk_rope_head_dim 8"),
+        ),
+        (
+            "longcat_flash",
+            "no zero experts while the router has their rows",
+            set("zero_expert_num", json!(0)),
+            Refused("router.classifier.weight"),
+        ),
+        (
+            "qwen3_next",
+            "partial_rotary_factor 0.5",
+            set("partial_rotary_factor", json!(0.5)),
+            Changes,
+        ),
+        (
+            "qwen3_next",
+            "explicit layer_types equal to the interval's",
+            set(
+                "layer_types",
+                json!([
+                    "linear_attention",
+                    "full_attention",
+                    "linear_attention",
+                    "full_attention"
+                ]),
+            ),
+            Same,
+        ),
+        (
+            "qwen3_next",
+            "layer_types with sliding attention",
+            set(
+                "layer_types",
+                json!([
+                    "linear_attention",
+                    "sliding_attention",
+                    "linear_attention",
+                    "full_attention"
+                ]),
+            ),
+            Refused("layer_types entry \"sliding_attention\""),
+        ),
+        (
+            "qwen3_next",
+            "another full_attention_interval than the weights'",
+            set("full_attention_interval", json!(4)),
+            Refused("missing tensor model.layers.1.linear_attn.conv1d.weight"),
+        ),
+        (
+            "qwen3_next",
+            "value heads not a multiple of key heads",
+            set("linear_num_value_heads", json!(3)),
+            Refused("linear_num_value_heads 3 is not a multiple of linear_num_key_heads 2"),
+        ),
+        (
+            "qwen3_next",
+            "use_sliding_window true",
+            set("use_sliding_window", json!(true)),
+            Refused("use_sliding_window true is not read"),
+        ),
+        (
+            "qwen3_next",
+            "norm_topk_prob false",
+            set("norm_topk_prob", json!(false)),
+            Changes,
+        ),
+    ];
+    check_field_cases(&cases);
+}
+
+/// `ember record` in-process and from `ember serve` (vLLM protocol) give the same top-k on
+/// each new family, and the server generates (KV cache / DeltaNet state) from it.
+#[test]
+fn new_families_record_and_serve() {
+    use crate::record::{record_args, start_server};
+    use ember_data::read_logits_shard;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = crate::small_dataset().to_str().unwrap().to_string();
+    for (name, _) in FAMILIES {
+        let teacher = d.join(name);
+        std::fs::create_dir_all(&teacher).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture(name).join(f), teacher.join(f)).unwrap();
+        }
+        std::fs::copy(
+            crate::small_dataset().join("tokenizer.json"),
+            teacher.join("tokenizer.json"),
+        )
+        .unwrap();
+        let local = format!("{name}-local");
+        let mut args = record_args(teacher.to_str().unwrap(), &local, &ds);
+        args[12] = "8"; // --max-rows 8
+        crate::ember_ok(d, &args);
+        let (_server, url) = start_server(&teacher, &[]);
+        let remote = format!("{name}-remote");
+        crate::ember_ok(
+            d,
+            &[
+                "record",
+                "--remote",
+                "vllm",
+                "--url",
+                &url,
+                "--model",
+                "teacher",
+                "--data",
+                &ds,
+                "--top-k",
+                "8",
+                "--out",
+                &remote,
+                "--max-rows",
+                "8",
+                "--remote-vocab-size",
+                "512",
+            ],
+        );
+        let (_, lrows) = read_logits_shard(&d.join(&local).join("train-00000.arrow")).unwrap();
+        let (_, rrows) = read_logits_shard(&d.join(&remote).join("train-00000.arrow")).unwrap();
+        assert_eq!(lrows.len(), 8, "{name}");
+        assert_eq!(lrows.len(), rrows.len(), "{name}");
+        for (l, r) in lrows.iter().zip(&rrows) {
+            assert_eq!(l.input_ids, r.input_ids);
+            assert_eq!(l.topk_ids, r.topk_ids, "{name} row {}", l.row_index);
+            let diff = l
+                .topk_logprobs
+                .iter()
+                .zip(&r.topk_logprobs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff < 1e-4,
+                "{name}: served log-probabilities differ by {diff}"
+            );
+        }
+        let body =
+            r#"{"model": "teacher", "prompt": [1, 17, 42, 99], "max_tokens": 6, "temperature": 0}"#;
+        let resp = ureq::post(&format!("{url}/v1/completions"))
+            .set("Content-Type", "application/json")
+            .send_string(body)
+            .unwrap_or_else(|e| panic!("{name}: completion failed: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+        assert_eq!(
+            json["usage"]["completion_tokens"].as_u64(),
+            Some(6),
+            "{name}: {json}"
+        );
+    }
+}
