@@ -1,6 +1,6 @@
 """Teacher forward throughput: Ember (Burn flex, CPU) vs transformers (PyTorch eager, CPU), one run.
 
-Builds a scaled-up random Qwen3-MoE checkpoint with transformers (no download), times
+Builds a scaled-up random checkpoint of `--arch` with transformers (no download), times
 transformers' forward on it, then `ember bench` on the same files and the same shapes.
 
     $(bash scripts/setup_python.sh | tail -1) benches/compare_teacher.py [--batch 4 --seq 256]
@@ -16,7 +16,8 @@ p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=4)
 p.add_argument("--seq", type=int, default=256)
 p.add_argument("--iters", type=int, default=5)
-p.add_argument("--arch", default="qwen3_moe", choices=["qwen3_moe", "llama"])
+p.add_argument("--arch", default="qwen3_moe",
+               choices=["qwen3_moe", "llama", "deepseek_v3", "deepseek_v32", "longcat_flash", "qwen3_next"])
 p.add_argument("--ember", default=None, help="path of the ember binary (default: build it with cargo)")
 p.add_argument("--out", default=None)
 a = p.parse_args()
@@ -31,6 +32,26 @@ if a.arch == "qwen3_moe":
     cfg = T.Qwen3MoeConfig(**common, intermediate_size=1536, num_experts=8, num_experts_per_tok=2,
                            moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[],
                            norm_topk_prob=True)
+elif a.arch in ("deepseek_v3", "deepseek_v32"):
+    mla = dict(common, num_key_value_heads=8, intermediate_size=1536, moe_intermediate_size=768,
+               n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+               first_k_dense_replace=1, q_lora_rank=256, kv_lora_rank=128, qk_rope_head_dim=32,
+               qk_nope_head_dim=64, v_head_dim=64)
+    if a.arch == "deepseek_v3":
+        cfg = T.DeepseekV3Config(**mla)
+    else:  # the indexer keeps half of the keys at the default length
+        cfg = T.DeepseekV32Config(**mla, index_topk=a.seq // 2, index_head_dim=64, index_n_heads=8)
+elif a.arch == "longcat_flash":
+    lc = {k: v for k, v in common.items() if k not in ("num_hidden_layers", "head_dim")}
+    cfg = T.LongcatFlashConfig(**lc, num_layers=2, ffn_hidden_size=1536, expert_ffn_hidden_size=768,
+                               n_routed_experts=8, zero_expert_num=4, moe_topk=2, q_lora_rank=256,
+                               kv_lora_rank=128, qk_rope_head_dim=32, qk_nope_head_dim=64,
+                               v_head_dim=64, head_dim=32)
+elif a.arch == "qwen3_next":
+    cfg = T.Qwen3NextConfig(**common, intermediate_size=1536, num_experts=8, num_experts_per_tok=2,
+                            moe_intermediate_size=768, shared_expert_intermediate_size=768,
+                            linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=64,
+                            linear_value_head_dim=64, full_attention_interval=2)
 else:
     cfg = T.LlamaConfig(**common, intermediate_size=1536)
 d = tempfile.mkdtemp(prefix="ember-bench-")

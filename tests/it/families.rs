@@ -176,6 +176,12 @@ fn new_family_fields_are_honoured_or_refused() {
             Refused("router.classifier.weight"),
         ),
         (
+            "longcat_flash",
+            "LongCat-Flash-Lite's N-gram embedding",
+            set("model_type", json!("longcat_flash_ngram")),
+            Refused("transformers has no implementation of it, only vLLM"),
+        ),
+        (
             "qwen3_next",
             "partial_rotary_factor 0.5",
             set("partial_rotary_factor", json!(0.5)),
@@ -316,4 +322,32 @@ fn new_families_record_and_serve() {
             "{name}: {json}"
         );
     }
+}
+
+/// bf16 compute on each new family: finite, and as close to the f32 reference as
+/// transformers' own bf16 forward is (mean and max abs logit difference, from meta.json).
+#[test]
+fn new_families_compute_in_bf16() {
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (name, _) in FAMILIES {
+        let (ids, want, t) = reference(name);
+        let teacher = load_teacher(&fixture(name), &Device::flex(), DType::BF16).unwrap();
+        let got = forward(&teacher, &ids, 2, t, None);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(name).join("meta.json")).unwrap())
+                .unwrap();
+        let theirs = meta["transformers_bf16_vs_f32_max_diff"].as_f64().unwrap() as f32;
+        let diffs: Vec<f32> = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect();
+        let max = diffs.iter().copied().fold(0.0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        report.push(format!(
+            "{name:<14} Ember bf16 vs f32: max {max:.3} mean {mean:.4}; transformers bf16 max {theirs:.3}"
+        ));
+        if !got.iter().all(|x| x.is_finite()) || max > 2.0 * theirs.max(0.05) || mean > 0.05 {
+            failures.push(name);
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{failures:?}\n{}", report.join("\n"));
 }

@@ -229,6 +229,18 @@ pub struct HfConfig {
     pub sha256: String,
 }
 
+/// Why a known relative of a supported family is not, and what to do instead.
+fn unsupported_hint(model_type: &str) -> &'static str {
+    match model_type {
+        "longcat_flash_ngram" => {
+            " (LongCat-Flash-Lite's N-gram embedding: transformers has no implementation of it, only vLLM \
+             (model_executor/models/longcat_flash_ngram.py) and mlx-lm do, so Ember has no reference to \
+             check it against; serve it with vLLM and record with `ember record --remote vllm`)"
+        }
+        _ => "",
+    }
+}
+
 fn default_arch() -> Arch {
     Arch::Llama
 }
@@ -256,8 +268,9 @@ impl HfConfig {
         };
         cfg.arch = Arch::from_model_type(&cfg.model_type).ok_or_else(|| {
             err(format!(
-                "model_type {:?} is not supported; supported: {:?}",
+                "model_type {:?} is not supported{}; supported: {:?}",
                 cfg.model_type,
+                unsupported_hint(&cfg.model_type),
                 Arch::SUPPORTED
             ))
         })?;
