@@ -33,7 +33,8 @@ if a.arch == "qwen3_moe":
                            moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[],
                            norm_topk_prob=True)
 elif a.arch in ("deepseek_v3", "deepseek_v32"):
-    mla = dict(common, num_key_value_heads=8, intermediate_size=1536, moe_intermediate_size=768,
+    # MLA: RoPE on qk_rope_head_dim (transformers' DeepseekV3 sizes its tables by head_dim if given)
+    mla = dict({k: v for k, v in common.items() if k != "head_dim"}, num_key_value_heads=8, intermediate_size=1536, moe_intermediate_size=768,
                n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
                first_k_dense_replace=1, q_lora_rank=256, kv_lora_rank=128, qk_rope_head_dim=32,
                qk_nope_head_dim=64, v_head_dim=64)
@@ -43,6 +44,7 @@ elif a.arch in ("deepseek_v3", "deepseek_v32"):
         cfg = T.DeepseekV32Config(**mla, index_topk=a.seq // 2, index_head_dim=64, index_n_heads=8)
 elif a.arch == "longcat_flash":
     lc = {k: v for k, v in common.items() if k not in ("num_hidden_layers", "head_dim")}
+    lc["num_key_value_heads"] = 8  # MLA expands keys to every head
     cfg = T.LongcatFlashConfig(**lc, num_layers=2, ffn_hidden_size=1536, expert_ffn_hidden_size=768,
                                n_routed_experts=8, zero_expert_num=4, moe_topk=2, q_lora_rank=256,
                                kv_lora_rank=128, qk_rope_head_dim=32, qk_nope_head_dim=64,

@@ -82,10 +82,19 @@ pub fn load_teacher_with(
             .is_some_and(|n| n >= config.num_hidden_layers),
         _ => false,
     };
+    // transformers 5 saves LongCat-Flash's fused expert weights with gate/up rows for the
+    // identity experts too (`experts.E` for E >= n_routed_experts), which it never reads
+    let n_routed = config.num_experts().unwrap_or(0);
+    let is_identity_expert = |k: &str| {
+        config.arch == Arch::LongcatFlash
+            && k.split_once(".mlp.experts.")
+                .and_then(|(_, r)| r.split('.').next()?.parse::<usize>().ok())
+                .is_some_and(|e| e >= n_routed)
+    };
     let unused: Vec<String> = w
         .unused()
         .into_iter()
-        .filter(|k| !k.ends_with("rotary_emb.inv_freq") && !is_mtp(k))
+        .filter(|k| !k.ends_with("rotary_emb.inv_freq") && !is_mtp(k) && !is_identity_expert(k))
         .collect();
     if !unused.is_empty() {
         return Err(TeacherError::Config {
