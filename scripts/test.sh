@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up the Python reference environment (torch 2.9.0 + transformers,
-# once), the Mesa software Vulkan driver for the WGPU tests and openssl for the TLS test
+# once), the Mesa software Vulkan driver for the WGPU tests, openssl for the TLS test and
+# OpenBLAS for the teacher's CPU matmuls
 # (apt, when missing and root),
 # then runs every Rust test with the wgpu and tch backends compiled in.
 # EMBER_FEATURES overrides the backend features (e.g. EMBER_FEATURES= for the lean build).
@@ -30,6 +31,13 @@ if ! command -v openssl >/dev/null; then
   [[ $(id -u) != 0 ]] && sudo -n true 2>/dev/null && SUDO="sudo -n"
   echo "installing openssl for the TLS test" >&2
   ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openssl) >&2 || echo "warning: no openssl; the https test will fail" >&2
+fi
+# the teacher's CPU matmuls use OpenBLAS when it is installed; the tests check both paths
+if ! ldconfig -p 2>/dev/null | grep -q "libopenblas.so.0"; then
+  SUDO=""
+  [[ $(id -u) != 0 ]] && sudo -n true 2>/dev/null && SUDO="sudo -n"
+  echo "installing OpenBLAS for the teacher's CPU matmuls" >&2
+  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libopenblas0-pthread) >&2 || echo "warning: no OpenBLAS; the OpenBLAS test will fail" >&2
 fi
 # Mesa's Vulkan loader wants a runtime dir (else a harmless "XDG_RUNTIME_DIR is invalid" per test)
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}

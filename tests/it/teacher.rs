@@ -278,3 +278,63 @@ fn broken_checkpoints_name_the_tensor_or_shard() {
         .to_string();
     assert!(err.contains("gpt2") && err.contains("deepseek_v3"), "{err}");
 }
+
+/// The teacher's float32 CPU matmuls through OpenBLAS (the default when libopenblas.so.0 is
+/// installed, as scripts/test.sh does) record the same top-k as Burn's own kernels
+/// (`EMBER_BLAS=0`), on a dense, a softmax-MoE and a sparse-attention MoE teacher.
+#[test]
+fn openblas_and_burn_matmuls_record_the_same_logits() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = crate::small_dataset().to_str().unwrap().to_string();
+    for arch in ["llama", "qwen3_moe", "deepseek_v32"] {
+        let teacher = d.join(arch);
+        std::fs::create_dir_all(&teacher).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture(arch).join(f), teacher.join(f)).unwrap();
+        }
+        std::fs::copy(
+            crate::small_dataset().join("tokenizer.json"),
+            teacher.join("tokenizer.json"),
+        )
+        .unwrap();
+        let mut rows = Vec::new();
+        for (blas, expect) in [
+            ("", "matmuls through libopenblas"),
+            ("0", "matmuls in Burn"),
+        ] {
+            let out_dir = format!("{arch}-blas{blas}");
+            let mut args = crate::record::record_args(teacher.to_str().unwrap(), &out_dir, &ds);
+            args[12] = "8"; // --max-rows 8
+            let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+                .args(&args)
+                .current_dir(d)
+                .env("EMBER_BLAS", blas)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(
+                stderr.contains(expect),
+                "{arch} EMBER_BLAS={blas:?}: expected {expect:?} (is libopenblas0 installed?):\n{stderr}"
+            );
+            let (_, r) =
+                ember_data::read_logits_shard(&d.join(&out_dir).join("train-00000.arrow")).unwrap();
+            rows.push(r);
+        }
+        for (a, b) in rows[0].iter().zip(&rows[1]) {
+            assert_eq!(a.topk_ids, b.topk_ids, "{arch} row {}", a.row_index);
+            let diff = a
+                .topk_logprobs
+                .iter()
+                .zip(&b.topk_logprobs)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff < 1e-5,
+                "{arch}: OpenBLAS vs Burn log-probabilities differ by {diff}"
+            );
+        }
+    }
+}

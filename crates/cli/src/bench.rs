@@ -159,6 +159,7 @@ fn teacher(a: BenchArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "model": a.model, "arch": teacher.config.model_type, "batch_size": b, "seq_len": t,
+            "blas": ember_teacher::blas_library(),
             "load_seconds": load_s, "median_seconds": median, "tokens_per_second": (b * t) as f64 / median,
         })
     );

@@ -70,6 +70,8 @@ enum Command {
 
 /// Entry point of the `ember` binary: runs the command, prints the error chain on failure.
 pub fn main() -> ExitCode {
+    // before any thread starts: OpenBLAS reads its settings from the environment on load
+    ember_teacher::init_blas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),

@@ -19,7 +19,7 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
     let QueryPath::LowRank { a, .. } = &attn.q else {
         unreachable!("deepseek_v32 refuses q_lora_rank null")
     };
-    let q_lora_rank = a.weight.dims()[1];
+    let q_lora_rank = a.d_out();
     attn.indexer = Some(Indexer::load(
         w,
         &format!("{p}.indexer"),

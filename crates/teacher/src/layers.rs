@@ -9,14 +9,29 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{DType, IndexingUpdateOp};
 
+use std::sync::Arc;
+
+use crate::blas::blas;
 use crate::weights::LazyTensor;
 use crate::{TeacherError, Weights};
 
 /// `y = x W^T + b` with `W` as stored by PyTorch (`[out, in]`), transposed once at load.
+/// Float32 weights on the flex (CPU) device are kept on the host and multiplied by the
+/// system's OpenBLAS when it is installed ([`crate::blas`]); otherwise by Burn.
 pub struct Linear {
-    /// `[in, out]`
-    pub weight: Tensor<2>,
+    weight: LinearWeight,
     pub bias: Option<Tensor<1>>,
+}
+
+enum LinearWeight {
+    /// `[in, out]` on the device.
+    Device(Tensor<2>),
+    /// `[in, out]` row-major on the host, for BLAS.
+    Host {
+        data: Arc<Vec<f32>>,
+        dims: [usize; 2],
+        device: Device,
+    },
 }
 
 impl Linear {
@@ -36,12 +51,75 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self::new(weight, bias))
+    }
+
+    /// From a weight `[in, out]`.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        let device = weight.device();
+        let on_host = blas().is_some() && weight.dtype() == DType::F32 && device == Device::flex();
+        let weight = if on_host {
+            let dims = weight.dims();
+            let data = weight
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("float32 weight");
+            LinearWeight::Host {
+                data: Arc::new(data),
+                dims,
+                device,
+            }
+        } else {
+            LinearWeight::Device(weight)
+        };
+        Self { weight, bias }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.dims()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.dims()[1]
+    }
+
+    fn dims(&self) -> [usize; 2] {
+        match &self.weight {
+            LinearWeight::Device(w) => w.dims(),
+            LinearWeight::Host { dims, .. } => *dims,
+        }
+    }
+
+    /// `x W` without the bias, in float32 whatever the compute dtype (routers).
+    pub fn matmul_f32(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = x.cast(DType::F32);
+        match &self.weight {
+            LinearWeight::Device(w) => x.matmul(w.clone().cast(DType::F32)),
+            LinearWeight::Host { .. } => self.product(x),
+        }
+    }
+
+    /// `x W` (no bias).
+    fn product(&self, x: Tensor<2>) -> Tensor<2> {
+        match &self.weight {
+            LinearWeight::Device(w) => x.matmul(w.clone()),
+            LinearWeight::Host { data, dims, device } => {
+                let [n, k] = x.dims();
+                let blas = blas().expect("host weights only with BLAS");
+                let a = x
+                    .cast(DType::F32)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("float32 activations");
+                let y = blas.matmul(&a, data, n, k, dims[1]);
+                Tensor::from_data(TensorData::new(y, [n, dims[1]]), device)
+            }
+        }
     }
 
     /// `x: [n, in] -> [n, out]`
     pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone());
+        let y = self.product(x);
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
@@ -335,9 +413,11 @@ impl Expert {
             Expert::Loaded(mlp) => mlp.forward2(x),
             Expert::Identity => x,
             Expert::Streamed { gate, up, down } => {
-                let g = x.clone().matmul(gate.load().transpose());
-                let u = x.matmul(up.load().transpose());
-                (silu(g) * u).matmul(down.load().transpose())
+                // the same products as a loaded expert's (BLAS or Burn), so the same numbers
+                let linear = |w: &LazyTensor| Linear::new(w.load().transpose(), None);
+                let g = linear(gate).forward2(x.clone());
+                let u = linear(up).forward2(x);
+                linear(down).forward2(silu(g) * u)
             }
         }
     }

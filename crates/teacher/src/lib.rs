@@ -2,6 +2,7 @@
 //! Mixtral, DeepSeek-V3, Kimi K2, GLM-4.5, MiniMax-M2; bf16/f16/f32 or FP8 blocks) run in Burn, every position's logits, and top-k recording to
 //! the Arrow logits format of `ember_data`.
 
+mod blas;
 mod config;
 mod deepseek_v3;
 mod deepseek_v32;
@@ -28,6 +29,13 @@ mod rope;
 mod weights;
 
 pub use config::{Arch, Fp8Blocks, HfConfig};
+
+/// The CBLAS library the teacher's float32 CPU matmuls use, if one was found ([`blas`]).
+pub fn blas_library() -> Option<&'static str> {
+    blas::blas().map(|b| b.name.as_str())
+}
+
+pub use blas::init_blas;
 pub use distillkit::{
     CompressionConfig, EXPORT_PAD_GAP, ExportConfig, ExportReport, ImportConfig, QuantizationBin,
     Term, TermDtype, export_distillkit, import_distillkit,

@@ -42,6 +42,14 @@ pub fn load_teacher_with(
         None => auto_stream_experts(&config, &w)?,
     };
     let w = w.with_streamed_experts(stream);
+    if dtype == DType::F32 && *device == Device::flex() {
+        match crate::blas_library() {
+            Some(lib) => eprintln!("teacher: float32 matmuls through {lib}"),
+            None => eprintln!(
+                "teacher: float32 matmuls in Burn (no libopenblas.so.0; `apt-get install libopenblas0` makes CPU teachers about 3x faster)"
+            ),
+        }
+    }
     let (v, h) = (config.vocab_size, config.hidden_size);
     let embed_tokens = w.get("model.embed_tokens.weight", [v, h])?;
     let layers = (0..config.num_hidden_layers)
@@ -64,11 +72,14 @@ pub fn load_teacher_with(
     } else {
         RmsNorm::load(&w, "model.norm.weight", h, config.rms_norm_eps())?
     };
-    let lm_head = if config.tie_word_embeddings && !w.contains("lm_head.weight") {
-        embed_tokens.clone().transpose()
-    } else {
-        w.get("lm_head.weight", [v, h])?.transpose()
-    };
+    let lm_head = Linear::new(
+        if config.tie_word_embeddings && !w.contains("lm_head.weight") {
+            embed_tokens.clone().transpose()
+        } else {
+            w.get("lm_head.weight", [v, h])?.transpose()
+        },
+        None,
+    );
     // Derived buffers, and the multi-token-prediction weights, which next-token logits do
     // not use: layers past num_hidden_layers (DeepSeek-V3/V3.2, Kimi K2, GLM-4.5),
     // `model.mtp.*` (LongCat-Flash), `mtp.*` (Qwen3-Next).

@@ -23,7 +23,7 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
         let QueryPath::LowRank { a, .. } = &attn.q else {
             unreachable!("longcat_flash refuses q_lora_rank null")
         };
-        attn.q_scale = (h as f64 / a.weight.dims()[1] as f64).sqrt();
+        attn.q_scale = (h as f64 / a.d_out() as f64).sqrt();
         attn.kv_scale = (h as f64 / attn.kv_lora_rank as f64).sqrt();
         let norm = |name: &str| RmsNorm::load(w, &format!("{p}.{name}.{j}.weight"), h, eps);
         Ok(Block {

@@ -7,7 +7,6 @@
 //! architecture file assembles these from its checkpoint.
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::activation::{sigmoid, softmax};
 
 use crate::delta_net::{DeltaState, GatedDeltaNet};
@@ -25,8 +24,8 @@ pub struct Teacher {
     pub embed_tokens: Tensor<2>,
     pub layers: Vec<Layer>,
     pub norm: RmsNorm,
-    /// `[hidden, vocab]`; the transposed embedding when tied.
-    pub lm_head: Tensor<2>,
+    /// `[hidden -> vocab]`; the transposed embedding when tied.
+    pub lm_head: Linear,
     /// Rotary embedding shared by every layer.
     pub rope: Rope,
 }
@@ -146,7 +145,7 @@ impl Teacher {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.lm_head.dims()[1]
+        self.lm_head.d_out()
     }
 
     /// Logits `[b, t, vocab]` (float32 whatever the compute dtype) at every position. `pad` (`[b, t]`, true = padding) masks
@@ -220,8 +219,8 @@ impl Teacher {
             c.len += t;
         }
         let x = self.norm.forward(x);
-        x.reshape([b * t, d])
-            .matmul(self.lm_head.clone())
+        self.lm_head
+            .forward2(x.reshape([b * t, d]))
             .reshape([b, t, self.vocab_size()])
     }
 }
@@ -459,10 +458,7 @@ impl MoeBlock {
 
     fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
         // router in float32, as HF does
-        let logits = x
-            .clone()
-            .cast(DType::F32)
-            .matmul(self.gate.weight.clone().cast(DType::F32));
+        let logits = self.gate.matmul_f32(x.clone());
         let routing = match &self.router {
             Router::Softmax { norm_topk_prob } => {
                 softmax_routing(to_rows(softmax(logits, 1)), self.top_k, *norm_topk_prob)
