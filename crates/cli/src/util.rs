@@ -25,7 +25,6 @@ pub fn check_same_tokenizer(model_dir: &Path, dataset_dir: &Path) -> anyhow::Res
 
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    ember_data::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

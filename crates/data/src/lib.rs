@@ -40,16 +40,34 @@ pub const TOKENS_FORMAT_VERSION: u32 = 1;
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsync, then rename, so a crash never leaves a half-written file behind.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), DataError> {
-    use std::io::Write;
-    let tmp = tmp_path(path);
-    let io = |source| DataError::Io {
+    write_atomic_io(path, bytes).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
+}
+
+/// [`write_atomic`] for crates with their own error types: every file Ember writes goes
+/// through here (temporary sibling, fsync, rename, then fsync of the directory so the
+/// rename itself survives a crash).
+pub fn write_atomic_io(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = tmp_path(path);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Best-effort fsync of `path`'s directory (not every filesystem allows opening one).
+pub fn sync_parent(path: &std::path::Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
 }
 
 /// The temporary sibling used while `path` is being written.
@@ -98,7 +116,9 @@ pub(crate) fn write_ipc_atomic(
     std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    sync_parent(path);
+    Ok(())
 }
 
 /// Open an Arrow IPC file for reading.

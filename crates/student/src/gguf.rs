@@ -6,7 +6,6 @@
 //! from HF's rotate-half layout to GGML's interleaved RoPE pairs. 1-D tensors (norms)
 //! stay F32; quantised blocks are 32 values with an f16 scale.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::hf::hf_tensors;
@@ -391,17 +390,7 @@ pub fn save_gguf(
             b.0.push(0);
         }
     }
-    let io = |source| StudentError::Io {
-        path: out.to_path_buf(),
-        source,
-    };
-    let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = out.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&b.0).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, out).map_err(io)
+    crate::hf::write_atomic(out, &b.0)
 }
 
 #[cfg(test)]

@@ -156,19 +156,11 @@ pub fn save_hf(
     )
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StudentError> {
-    use std::io::Write;
-    let io = |source| StudentError::Io {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StudentError> {
+    ember_data::write_atomic_io(path, bytes).map_err(|source| StudentError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 /// Replaces every parameter with the tensor of the same HF key, recording problems.

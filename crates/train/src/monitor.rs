@@ -678,24 +678,24 @@ impl StepCheckpoints {
         let step = self.shape.step_of_epoch(epoch);
         let (dir, tmp) = (self.dir(step), self.dir(step).with_extension("tmp"));
         std::fs::create_dir_all(&tmp)?;
-        let file = tmp.join(format!("{part}.bpk"));
-        let partial = file.with_extension("bpk.partial");
-        std::fs::write(&partial, bytes)?;
-        std::fs::rename(&partial, &file)?;
+        ember_data::write_atomic_io(&tmp.join(format!("{part}.bpk")), bytes)?;
         let _one_at_a_time = self.finish.lock().expect("checkpoint lock");
         if PARTS.iter().all(|p| tmp.join(format!("{p}.bpk")).is_file()) {
             let state = CheckpointState {
                 step,
                 tokens: step as u64 * self.shape.tokens_per_step,
             };
-            std::fs::write(
-                tmp.join("state.json"),
-                serde_json::to_string_pretty(&state).expect("serializes"),
+            ember_data::write_atomic_io(
+                &tmp.join("state.json"),
+                serde_json::to_string_pretty(&state)
+                    .expect("serializes")
+                    .as_bytes(),
             )?;
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
             std::fs::rename(&tmp, &dir)?;
+            ember_data::sync_parent(&dir);
         }
         Ok(())
     }

@@ -657,13 +657,10 @@ fn log_eval(
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp-write");
-    let io = |source| TrainError::Io {
+    ember_data::write_atomic_io(path, bytes).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 #[cfg(test)]
