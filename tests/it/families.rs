@@ -247,22 +247,13 @@ fn new_family_fields_are_honoured_or_refused() {
 /// each new family, and the server generates (KV cache / DeltaNet state) from it.
 #[test]
 fn new_families_record_and_serve() {
-    use crate::record::{record_args, start_server};
+    use crate::record::{assert_same_topk, fixture_teacher_dir, record_args, start_server};
     use ember_data::read_logits_shard;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ds = crate::small_dataset().to_str().unwrap().to_string();
     for (name, _) in FAMILIES {
-        let teacher = d.join(name);
-        std::fs::create_dir_all(&teacher).unwrap();
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(fixture(name).join(f), teacher.join(f)).unwrap();
-        }
-        std::fs::copy(
-            crate::small_dataset().join("tokenizer.json"),
-            teacher.join("tokenizer.json"),
-        )
-        .unwrap();
+        let teacher = fixture_teacher_dir(d, name);
         let local = format!("{name}-local");
         let mut args = record_args(teacher.to_str().unwrap(), &local, &ds);
         args[12] = "8"; // --max-rows 8
@@ -294,21 +285,7 @@ fn new_families_record_and_serve() {
         let (_, lrows) = read_logits_shard(&d.join(&local).join("train-00000.arrow")).unwrap();
         let (_, rrows) = read_logits_shard(&d.join(&remote).join("train-00000.arrow")).unwrap();
         assert_eq!(lrows.len(), 8, "{name}");
-        assert_eq!(lrows.len(), rrows.len(), "{name}");
-        for (l, r) in lrows.iter().zip(&rrows) {
-            assert_eq!(l.input_ids, r.input_ids);
-            assert_eq!(l.topk_ids, r.topk_ids, "{name} row {}", l.row_index);
-            let diff = l
-                .topk_logprobs
-                .iter()
-                .zip(&r.topk_logprobs)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                diff < 1e-4,
-                "{name}: served log-probabilities differ by {diff}"
-            );
-        }
+        assert_same_topk(&lrows, &rrows, 1e-4, name);
         let body =
             r#"{"model": "teacher", "prompt": [1, 17, 42, 99], "max_tokens": 6, "temperature": 0}"#;
         let resp = ureq::post(&format!("{url}/v1/completions"))

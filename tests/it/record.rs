@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use ember_data::{LogitsManifest, read_logits_shard};
+use ember_data::{LogitsManifest, LogitsRow, read_logits_shard};
 use ember_teacher::load_teacher;
 
 use crate::teacher::fixture;
@@ -14,10 +14,35 @@ use crate::{ChildGuard, ember_err, ember_ok, python, small_dataset, spawn_server
 
 /// A teacher directory: the llama fixture plus the test dataset's tokenizer (both 512 ids).
 pub fn teacher_dir(parent: &Path) -> PathBuf {
-    let dir = parent.join("llama-teacher");
+    fixture_teacher_dir(parent, "llama")
+}
+
+/// Two recordings of the same rows: same inputs and top-k ids, log-probabilities within `tol`.
+pub fn assert_same_topk(a: &[LogitsRow], b: &[LogitsRow], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: row counts");
+    for (l, r) in a.iter().zip(b) {
+        assert_eq!(l.input_ids, r.input_ids, "{what} row {}", l.row_index);
+        assert_eq!(l.topk_ids, r.topk_ids, "{what} row {}", l.row_index);
+        let d = l
+            .topk_logprobs
+            .iter()
+            .zip(&r.topk_logprobs)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            d < tol,
+            "{what} row {}: log-probabilities differ by {d}",
+            l.row_index
+        );
+    }
+}
+
+/// The teacher fixture `arch` with the small dataset's tokenizer, in `<parent>/<arch>-teacher`.
+pub fn fixture_teacher_dir(parent: &Path, arch: &str) -> PathBuf {
+    let dir = parent.join(format!("{arch}-teacher"));
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("llama").join(f), dir.join(f)).unwrap();
+        std::fs::copy(fixture(arch).join(f), dir.join(f)).unwrap();
     }
     std::fs::copy(
         small_dataset().join("tokenizer.json"),

@@ -289,16 +289,7 @@ fn openblas_and_burn_matmuls_record_the_same_logits() {
     let d = dir.path();
     let ds = crate::small_dataset().to_str().unwrap().to_string();
     for arch in ["llama", "qwen3_moe", "deepseek_v32"] {
-        let teacher = d.join(arch);
-        std::fs::create_dir_all(&teacher).unwrap();
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(fixture(arch).join(f), teacher.join(f)).unwrap();
-        }
-        std::fs::copy(
-            crate::small_dataset().join("tokenizer.json"),
-            teacher.join("tokenizer.json"),
-        )
-        .unwrap();
+        let teacher = crate::record::fixture_teacher_dir(d, arch);
         let mut rows = Vec::new();
         for (blas, expect) in [
             ("", "matmuls through libopenblas"),
@@ -323,18 +314,6 @@ fn openblas_and_burn_matmuls_record_the_same_logits() {
                 ember_data::read_logits_shard(&d.join(&out_dir).join("train-00000.arrow")).unwrap();
             rows.push(r);
         }
-        for (a, b) in rows[0].iter().zip(&rows[1]) {
-            assert_eq!(a.topk_ids, b.topk_ids, "{arch} row {}", a.row_index);
-            let diff = a
-                .topk_logprobs
-                .iter()
-                .zip(&b.topk_logprobs)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                diff < 1e-5,
-                "{arch}: OpenBLAS vs Burn log-probabilities differ by {diff}"
-            );
-        }
+        crate::record::assert_same_topk(&rows[0], &rows[1], 1e-5, arch);
     }
 }

@@ -8,9 +8,8 @@
 
 use crate::deepseek_v3::{DEFAULTS, latent_attention};
 use crate::dsa::Indexer;
-use crate::layers::Mlp;
-use crate::load::{layer_with, sigmoid_moe};
-use crate::model::{Attention, FeedForward, Layer, QueryPath};
+use crate::load::{deepseek_ffn, layer_with};
+use crate::model::{Attention, Layer, QueryPath};
 use crate::{HfConfig, TeacherError, Weights};
 
 pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, TeacherError> {
@@ -29,7 +28,6 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
         cfg.index_head_dim.unwrap_or(128),
         cfg.index_topk.unwrap_or(2048),
     )?);
-    let mlp = format!("model.layers.{i}.mlp");
     let sparse = match cfg.raw.get("mlp_layer_types").and_then(|v| v.as_array()) {
         Some(types) => types[i].as_str() == Some("sparse"),
         None => {
@@ -38,15 +36,6 @@ pub(crate) fn layer(cfg: &HfConfig, w: &Weights, i: usize) -> Result<Layer, Teac
                 .unwrap_or(DEFAULTS.first_k_dense_replace)
         }
     };
-    let ffn = if sparse {
-        FeedForward::Moe(sigmoid_moe(cfg, w, &mlp, &DEFAULTS)?)
-    } else {
-        FeedForward::Dense(Mlp::load(
-            w,
-            &mlp,
-            cfg.hidden_size,
-            cfg.need(cfg.intermediate_size, "intermediate_size")?,
-        )?)
-    };
+    let ffn = deepseek_ffn(cfg, w, i, &DEFAULTS, sparse)?;
     layer_with(cfg, w, i, Attention::Latent(attn), ffn)
 }

@@ -323,23 +323,34 @@ pub(crate) fn first_k_dense_ffn(
     i: usize,
     defaults: &MoeDefaults,
 ) -> Result<crate::model::FeedForward, TeacherError> {
+    let sparse = i
+        >= cfg
+            .first_k_dense_replace
+            .unwrap_or(defaults.first_k_dense_replace);
+    deepseek_ffn(cfg, w, i, defaults, sparse)
+}
+
+/// Layer `i`'s feed-forward at `model.layers.{i}.mlp`: the sigmoid-routed MoE if `sparse`,
+/// else a dense MLP of `intermediate_size`.
+pub(crate) fn deepseek_ffn(
+    cfg: &HfConfig,
+    w: &Weights,
+    i: usize,
+    defaults: &MoeDefaults,
+    sparse: bool,
+) -> Result<crate::model::FeedForward, TeacherError> {
     use crate::model::FeedForward;
     let p = format!("model.layers.{i}.mlp");
-    Ok(
-        if i >= cfg
-            .first_k_dense_replace
-            .unwrap_or(defaults.first_k_dense_replace)
-        {
-            FeedForward::Moe(sigmoid_moe(cfg, w, &p, defaults)?)
-        } else {
-            FeedForward::Dense(Mlp::load(
-                w,
-                &p,
-                cfg.hidden_size,
-                cfg.need(cfg.intermediate_size, "intermediate_size")?,
-            )?)
-        },
-    )
+    Ok(if sparse {
+        FeedForward::Moe(sigmoid_moe(cfg, w, &p, defaults)?)
+    } else {
+        FeedForward::Dense(Mlp::load(
+            w,
+            &p,
+            cfg.hidden_size,
+            cfg.need(cfg.intermediate_size, "intermediate_size")?,
+        )?)
+    })
 }
 
 /// Mixtral's `model.layers.{i}.block_sparse_moe` (also MiniMax-M2's): router `gate`, experts
