@@ -247,7 +247,9 @@ fn new_family_fields_are_honoured_or_refused() {
 /// each new family, and the server generates (KV cache / DeltaNet state) from it.
 #[test]
 fn new_families_record_and_serve() {
-    use crate::record::{assert_same_topk, fixture_teacher_dir, record_args, start_server};
+    use crate::record::{
+        assert_same_topk, fixture_teacher_dir, record_args, remote_record_args, start_server,
+    };
     use ember_data::read_logits_shard;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -260,28 +262,7 @@ fn new_families_record_and_serve() {
         crate::ember_ok(d, &args);
         let (_server, url) = start_server(&teacher, &[]);
         let remote = format!("{name}-remote");
-        crate::ember_ok(
-            d,
-            &[
-                "record",
-                "--remote",
-                "vllm",
-                "--url",
-                &url,
-                "--model",
-                "teacher",
-                "--data",
-                &ds,
-                "--top-k",
-                "8",
-                "--out",
-                &remote,
-                "--max-rows",
-                "8",
-                "--remote-vocab-size",
-                "512",
-            ],
-        );
+        crate::ember_ok(d, &remote_record_args("vllm", &url, &ds, &remote, "8"));
         let (_, lrows) = read_logits_shard(&d.join(&local).join("train-00000.arrow")).unwrap();
         let (_, rrows) = read_logits_shard(&d.join(&remote).join("train-00000.arrow")).unwrap();
         assert_eq!(lrows.len(), 8, "{name}");

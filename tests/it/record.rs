@@ -17,6 +17,35 @@ pub fn teacher_dir(parent: &Path) -> PathBuf {
     fixture_teacher_dir(parent, "llama")
 }
 
+/// `ember record` from the served teacher `url` over `protocol`: top-8 of the first `rows` rows.
+pub fn remote_record_args<'a>(
+    protocol: &'a str,
+    url: &'a str,
+    ds: &'a str,
+    out: &'a str,
+    rows: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "record",
+        "--remote",
+        protocol,
+        "--url",
+        url,
+        "--model",
+        "teacher",
+        "--data",
+        ds,
+        "--top-k",
+        "8",
+        "--out",
+        out,
+        "--max-rows",
+        rows,
+        "--remote-vocab-size",
+        "512",
+    ]
+}
+
 /// Two recordings of the same rows: same inputs and top-k ids, log-probabilities within `tol`.
 pub fn assert_same_topk(a: &[LogitsRow], b: &[LogitsRow], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: row counts");
@@ -283,25 +312,7 @@ fn remote_recording_over_vllm_and_sglang_protocols_matches_local() {
         let out = format!("remote-{protocol}");
         ember_ok(
             dir.path(),
-            &[
-                "record",
-                "--remote",
-                protocol,
-                "--url",
-                &url,
-                "--model",
-                "teacher",
-                "--data",
-                &ds,
-                "--top-k",
-                "8",
-                "--out",
-                &out,
-                "--max-rows",
-                "8",
-                "--remote-vocab-size",
-                "512",
-            ],
+            &remote_record_args(protocol, &url, &ds, &out, "8"),
         );
         let (lm, lrows) = read_logits_shard(&dir.path().join("local/train-00000.arrow")).unwrap();
         let (rm, rrows) =
@@ -311,18 +322,7 @@ fn remote_recording_over_vllm_and_sglang_protocols_matches_local() {
             (rm.k, rm.seq_len, rm.tokenizer_sha256.clone()),
             (lm.k, lm.seq_len, lm.tokenizer_sha256.clone())
         );
-        assert_eq!(lrows.len(), rrows.len());
-        for (l, r) in lrows.iter().zip(&rrows) {
-            assert_eq!(l.input_ids, r.input_ids);
-            assert_eq!(l.topk_ids, r.topk_ids, "{protocol} row {}", l.row_index);
-            let d = l
-                .topk_logprobs
-                .iter()
-                .zip(&r.topk_logprobs)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(d < 1e-4, "{protocol}: {d}");
-        }
+        assert_same_topk(&lrows, &rrows, 1e-4, protocol);
     }
     // a remote teacher whose vocabulary is smaller than the tokenizer is refused
     let err = ember_err(
