@@ -125,7 +125,7 @@ impl CompressionConfig {
             path: path.into(),
             source,
         })?;
-        let cfg: Self = serde_yaml::from_str(&text).map_err(|e| TeacherError::Config {
+        let cfg: Self = yaml_serde::from_str(&text).map_err(|e| TeacherError::Config {
             path: path.into(),
             message: format!("not a DistillKit compression config: {e}"),
         })?;
@@ -460,7 +460,7 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
         path: cfg.out.clone(),
         source,
     })?;
-    let yaml = serde_yaml::to_string(c).expect("serializes");
+    let yaml = yaml_serde::to_string(c).expect("serializes");
     ember_data::write_atomic(&cfg.out.join("compression_config.yaml"), yaml.as_bytes())?;
     let (k_rec, t) = (manifest.meta.k, manifest.meta.seq_len);
     let schema = Arc::new(Schema::new(vec![
