@@ -603,14 +603,10 @@ fn complete(
 }
 
 fn top(row: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    let by = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, by);
-        idx.truncate(k);
-    }
-    idx.sort_unstable_by(by);
-    idx.into_iter().map(|i| (i, row[i])).collect()
+    ember_teacher::topk_indices(row, k)
+        .into_iter()
+        .map(|i| (i, row[i]))
+        .collect()
 }
 
 fn rank(row: &[f32], id: usize) -> u64 {

@@ -166,18 +166,10 @@ pub fn topk_logprobs(logits: Tensor<3>, k: usize, temperature: f32) -> TopK {
                 .expect("float logprobs");
             let mut ids = Vec::with_capacity(t * k);
             let mut lps = Vec::with_capacity(t * k);
-            let mut order: Vec<u32> = Vec::with_capacity(v);
             for pos in row.chunks_exact(v) {
-                order.clear();
-                order.extend(0..v as u32);
-                let by_value =
-                    |a: &u32, b: &u32| pos[*b as usize].total_cmp(&pos[*a as usize]).then(a.cmp(b));
-                if k < v {
-                    order.select_nth_unstable_by(k, by_value);
-                }
-                order[..k].sort_unstable_by(by_value);
-                ids.extend(order[..k].iter().map(|&i| i as i32));
-                lps.extend(order[..k].iter().map(|&i| pos[i as usize]));
+                let top = crate::layers::topk_indices(pos, k);
+                ids.extend(top.iter().map(|&i| i as i32));
+                lps.extend(top.iter().map(|&i| pos[i]));
             }
             (ids, lps)
         })
