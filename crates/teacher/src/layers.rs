@@ -75,10 +75,6 @@ impl Linear {
         Self { weight, bias }
     }
 
-    pub fn d_in(&self) -> usize {
-        self.dims()[0]
-    }
-
     pub fn d_out(&self) -> usize {
         self.dims()[1]
     }

@@ -18,16 +18,17 @@ use crate::layers::{
 use crate::rope::Rope;
 use crate::{Arch, HfConfig};
 
-/// A loaded teacher.
+/// A loaded teacher. Its pieces are the crate's own; callers see the config, the
+/// vocabulary size and the forward passes.
 pub struct Teacher {
     pub config: HfConfig,
-    pub embed_tokens: Tensor<2>,
-    pub layers: Vec<Layer>,
-    pub norm: RmsNorm,
+    pub(crate) embed_tokens: Tensor<2>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: RmsNorm,
     /// `[hidden -> vocab]`; the transposed embedding when tied.
-    pub lm_head: Linear,
+    pub(crate) lm_head: Linear,
     /// Rotary embedding shared by every layer.
-    pub rope: Rope,
+    pub(crate) rope: Rope,
 }
 
 /// One decoder layer.
