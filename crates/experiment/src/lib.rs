@@ -61,6 +61,11 @@ pub struct ExperimentSection {
     /// Rows per teacher forward while recording.
     #[serde(default = "default_record_batch")]
     pub record_batch_size: usize,
+    /// How the teacher's recording is encoded: `{ format = "full" }` (logits format v1, the
+    /// default) or `{ format = "compact", mass = 1.0, step = 0.125, compression = "zstd" }`
+    /// (v2, about a fifth of the bytes; see `ember record --format v2`).
+    #[serde(default)]
+    pub logits: ember_data::LogitsCodec,
 }
 
 fn default_eval_points() -> usize {
@@ -211,7 +216,7 @@ pub fn run_train_the_trainer(
                 batch_size: e.record_batch_size,
                 shard_rows: 1024,
                 max_rows,
-                codec: ember_data::LogitsCodec::Full,
+                codec: e.logits,
             };
             record(&mut teacher, &rc).map_err(|source| ExperimentError::Record {
                 path: dir.clone(),
@@ -388,4 +393,42 @@ pub(crate) fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), Experimen
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped small recipe, with `extra` added to its `[experiment]` table.
+    fn small_with(extra: &str) -> Result<ExperimentConfig, toml::de::Error> {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/experiments/small.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        toml::from_str(&text.replacen("[experiment]\n", &format!("[experiment]\n{extra}\n"), 1))
+    }
+
+    #[test]
+    fn the_recording_format_is_a_recipe_key() {
+        assert_eq!(
+            small_with("").unwrap().experiment.logits,
+            ember_data::LogitsCodec::Full
+        );
+        let cfg = small_with(
+            r#"logits = { format = "compact", mass = 0.99, step = 0.0625, compression = "lz4" }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.experiment.logits,
+            ember_data::LogitsCodec::Compact(ember_data::CompactCodec {
+                mass: 0.99,
+                step: 0.0625,
+                compression: ember_data::IpcCompression::Lz4,
+            })
+        );
+        let err = small_with(r#"logits = { format = "v3" }"#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("v3"), "{err}");
+    }
 }
