@@ -10,10 +10,14 @@ use serde_json::json;
 use crate::shipped::{Expect, FieldCase, check_field_cases, diff, forward, parity, reference};
 use crate::teacher::fixture;
 
-pub const FAMILIES: [(&str, &str); 3] = [
+pub const FAMILIES: [(&str, &str); 4] = [
     (
         "deepseek_v32",
         "MLA + DSA indexer, index_topk 6 of 24 keys, YaRN",
+    ),
+    (
+        "deepseek_v32_fp8",
+        "the same as shipped: FP8 e4m3 blocks [16, 24], indexer wq_b/wk too",
     ),
     (
         "longcat_flash",
