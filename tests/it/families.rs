@@ -181,6 +181,18 @@ fn new_family_fields_are_honoured_or_refused() {
         ),
         (
             "longcat_flash",
+            "moe_topk above the 4 + 2 experts",
+            set("moe_topk", json!(7)),
+            Refused("num_experts_per_tok 7 must be between 1 and the 6 experts of layer 0"),
+        ),
+        (
+            "qwen3_next",
+            "num_experts_per_tok above the experts",
+            set("num_experts_per_tok", json!(5)),
+            Refused("num_experts_per_tok 5 must be between 1 and the 4 experts of layer 0"),
+        ),
+        (
+            "longcat_flash",
             "LongCat-Flash-Lite's N-gram embedding",
             set("model_type", json!("longcat_flash_ngram")),
             Refused("transformers has no implementation of it, only vLLM"),

@@ -59,12 +59,17 @@ pub fn init_blas() {
         unsafe { std::env::set_var("OPENBLAS_CORETYPE", core) };
     }
     if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = cores();
         // SAFETY: as above. (Its thread pool is sized on load: setting the count afterwards
         // leaves the extra threads in place, measurably slower.)
         unsafe { std::env::set_var("OPENBLAS_NUM_THREADS", n.to_string()) };
     }
     let _ = blas();
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The OpenBLAS kernel family this CPU can run, best first.
@@ -105,9 +110,8 @@ pub fn blas() -> Option<&'static Blas> {
                 && let Ok(set) =
                     unsafe { lib.get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0") }
             {
-                let n = std::thread::available_parallelism().map_or(1, |n| n.get());
                 // SAFETY: OpenBLAS's documented setter, called before any multiplication.
-                unsafe { set(n as i32) };
+                unsafe { set(cores() as i32) };
             }
             Some(Blas {
                 sgemm,

@@ -67,6 +67,20 @@ pub fn load_teacher_with(
             Arch::Qwen3Next => qwen3_next::layer(&config, &w, i),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // torch.topk refuses a k above the candidates; choosing fewer would be silently wrong
+    for (i, moe) in layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| l.moe_blocks().into_iter().map(move |m| (i, m)))
+    {
+        if moe.top_k == 0 || moe.top_k > moe.experts.len() {
+            return Err(config_err(format!(
+                "num_experts_per_tok {} must be between 1 and the {} experts of layer {i}",
+                moe.top_k,
+                moe.experts.len()
+            )));
+        }
+    }
     let norm = if config.arch == Arch::Qwen3Next {
         RmsNorm::load_centred(&w, "model.norm.weight", h, config.rms_norm_eps())?
     } else {

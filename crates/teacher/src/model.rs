@@ -40,6 +40,26 @@ pub enum Layer {
     Shortcut { blocks: [Block; 2], moe: MoeBlock },
 }
 
+impl Layer {
+    /// The layer's routed feed-forwards.
+    pub fn moe_blocks(&self) -> Vec<&MoeBlock> {
+        fn of(b: &Block) -> Option<&MoeBlock> {
+            match &b.ffn {
+                FeedForward::Moe(m) => Some(m),
+                FeedForward::Dense(_) => None,
+            }
+        }
+        match self {
+            Layer::PreNorm(b) => of(b).into_iter().collect(),
+            Layer::Shortcut { blocks, moe } => blocks
+                .iter()
+                .filter_map(of)
+                .chain(std::iter::once(moe))
+                .collect(),
+        }
+    }
+}
+
 /// `x += mixer(input_layernorm(x)); x += ffn(post_attention_layernorm(x))`.
 pub struct Block {
     pub input_layernorm: RmsNorm,
@@ -245,7 +265,8 @@ pub struct KvCache {
 /// sparse indexer's keys, or a Gated DeltaNet's conv and recurrent state.
 #[derive(Default)]
 struct MixerState {
-    kv: Option<(Tensor<4>, Tensor<4>)>,
+    keys: Option<Tensor<4>>,
+    values: Option<Tensor<4>>,
     index_keys: Option<Tensor<4>>,
     delta: Option<DeltaState>,
 }
@@ -265,15 +286,10 @@ fn extend(slot: Option<&mut Option<Tensor<4>>>, x: Tensor<4>) -> Tensor<4> {
 
 /// Append the new keys/values to a mixer's cache (if any) and return all of them.
 fn extend_kv(state: Option<&mut MixerState>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-    let Some(state) = state else {
-        return (k, v);
-    };
-    let (k, v) = match state.kv.take() {
-        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+    match state {
+        Some(s) => (extend(Some(&mut s.keys), k), extend(Some(&mut s.values), v)),
         None => (k, v),
-    };
-    state.kv = Some((k.clone(), v.clone()));
-    (k, v)
+    }
 }
 
 impl Block {
