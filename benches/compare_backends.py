@@ -6,8 +6,8 @@ top-k + tail, backward, AdamW (the step `ember bench kd-step` times).
 
     python benches/compare_backends.py --ember /work/target/debug/ember [--batch 16 --seq 255]
 
-Backends tried: cpu (flex) f32 and bf16, wgpu, tch (libtorch CPU, and CUDA when it sees a GPU),
-cuda (CubeCL). A backend that is not compiled in or has no runtime is listed with the reason.
+Backends tried: cpu (flex) f32 and bf16, wgpu, tch (libtorch CPU, and CUDA when it sees a GPU) f32
+and bf16, cuda (CubeCL) f32 and bf16. A backend that is not compiled in or has no runtime is listed with the reason.
 """
 import argparse, json, os, subprocess, time
 
@@ -60,6 +60,7 @@ if "tch-cpu" in todo: ember("tch-cpu", ["--backend", "tch", "--device", "cpu"])
 if "tch" in todo: ember("tch", ["--backend", "tch"])
 if "tch-bf16" in todo: ember("tch-bf16", ["--backend", "tch", "--precision", "bf16"])
 if "cuda" in todo: ember("cuda", ["--backend", "cuda"])
+if "cuda-bf16" in todo: ember("cuda-bf16", ["--backend", "cuda", "--precision", "bf16"])
 
 if not a.no_torch:
     import torch
@@ -68,11 +69,12 @@ if not a.no_torch:
     def torch_step(device, dtype=torch.float32):
         torch.manual_seed(0)
         # Ember presets (crates/student/src/config.rs)
-        presets = {"tiny": (128, 384, 4, 4, 2, 32), "small": (384, 1024, 6, 6, 2, 64), "base": (768, 2048, 12, 12, 4, 64)}
-        h, inter, L, nh, nkv, hd = presets[a.preset]
+        presets = {"tiny": (128, 384, 4, 4, 2, 32, False), "small": (384, 1024, 6, 6, 2, 64, False),
+                   "base": (768, 2048, 12, 12, 4, 64, False), "mobile": (960, 2560, 32, 15, 5, 64, True)}
+        h, inter, L, nh, nkv, hd, tied = presets[a.preset]
         cfg = T.LlamaConfig(vocab_size=V, hidden_size=h, intermediate_size=inter, num_hidden_layers=L,
                             num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd, max_position_embeddings=4096,
-                            rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0)
+                            rms_norm_eps=1e-5, tie_word_embeddings=tied, rope_theta=10000.0)
         model = T.LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
         model.config._attn_implementation = "eager"
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)

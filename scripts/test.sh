@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The test command: sets up the Python reference environment (torch 2.9.0 + transformers,
 # once), the Mesa software Vulkan driver for the WGPU tests, openssl for the TLS test and
-# OpenBLAS for the teacher's CPU matmuls
-# (apt, when missing and root),
-# then runs every Rust test with the wgpu and tch backends compiled in.
+# OpenBLAS for the teacher's CPU matmuls and Debian's static LLVM 22 for the native CUDA
+# compiler (apt, when missing and root), then runs every Rust test with the wgpu, tch and
+# cuda backends compiled in (cuda is built and linked, and refused cleanly without a driver).
 # EMBER_FEATURES overrides the backend features (e.g. EMBER_FEATURES= for the lean build).
 # Reuses a cargo target directory outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cargo_env.sh
-FEATURES=${EMBER_FEATURES-wgpu,tch}
+FEATURES=${EMBER_FEATURES-wgpu,tch,cuda}
 EMBER_PYTHON=$(bash scripts/setup_python.sh | tail -n 1)
 export EMBER_PYTHON
 if [[ ,$FEATURES, == *,tch,* ]]; then
   source scripts/tch_env.sh
+fi
+if [[ ,$FEATURES, == *,cuda,* ]]; then
+  source scripts/cuda_env.sh
 fi
 if [[ ,$FEATURES, == *,wgpu,* ]] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.json /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   SUDO=""

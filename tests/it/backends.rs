@@ -136,52 +136,71 @@ fn an_unavailable_backend_is_refused_with_the_fix() {
     assert!(!dir.path().join("checkpoints").exists());
 }
 
-/// bf16 training (whole model in bf16, losses in f32) on the CPU backend: finite, learns,
-/// and lands near the f32 run; the attention mask survives bf16.
+/// Validation loss after 40 steps of `ember train` on `backend` (extra CLI args) in `precision`.
+fn last_validation_loss(dir: &std::path::Path, backend: &[&str], precision: &str) -> f64 {
+    let ds = small_dataset();
+    let out = dir.join(format!("{}-{precision}", backend.join("-")));
+    let precision = format!("train.precision=\"{precision}\"");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "40",
+        "--set",
+        "train.warmup_steps=4",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        &precision,
+    ];
+    args.extend(backend);
+    args.extend(SMALL_STUDENT);
+    ember_ok(dir, &args);
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let row = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rev()
+        .find(|r| r.get("validation_loss").is_some() || r["split"] == "validation")
+        .unwrap();
+    row.get("validation_loss")
+        .or(row.get("loss"))
+        .and_then(|x| x.as_f64())
+        .unwrap()
+}
+
+/// bf16 against f32 on one backend: finite, learns, and lands near the f32 run (the attention
+/// mask and the losses survive bf16).
+fn bf16_learns_like_f32(name: &str, backend: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = last_validation_loss(dir.path(), backend, "f32");
+    let b = last_validation_loss(dir.path(), backend, "bf16");
+    eprintln!("{name}: validation loss after 40 steps: f32 {a:.4}, bf16 {b:.4} (ln 512 = 6.24)");
+    assert!(
+        b.is_finite() && b < 5.9,
+        "{name}: bf16 run did not learn: {b}"
+    );
+    assert!(
+        (a - b).abs() < 0.15,
+        "{name}: bf16 {b} too far from f32 {a}"
+    );
+}
+
+/// bf16 training (whole model in bf16, losses in f32) on the CPU backend.
 #[test]
 fn bf16_training_learns_like_f32() {
-    let ds = small_dataset();
-    let dir = tempfile::tempdir().unwrap();
-    let run = |precision: &str| -> serde_json::Value {
-        let out = dir.path().join(precision);
-        let precision = format!("train.precision=\"{precision}\"");
-        let mut args = vec![
-            "train",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-steps",
-            "40",
-            "--set",
-            "train.warmup_steps=4",
-            "--set",
-            "train.eval_every=0",
-            "--set",
-            &precision,
-        ];
-        args.extend(SMALL_STUDENT);
-        ember_ok(dir.path(), &args);
-        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        let rows: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        rows.into_iter()
-            .rev()
-            .find(|r| r.get("validation_loss").is_some() || r["split"] == "validation")
-            .unwrap()
-    };
-    let f32_run = run("f32");
-    let bf16_run = run("bf16");
-    let loss = |v: &serde_json::Value| {
-        v.get("validation_loss")
-            .or(v.get("loss"))
-            .and_then(|x| x.as_f64())
-            .unwrap()
-    };
-    let (a, b) = (loss(&f32_run), loss(&bf16_run));
-    eprintln!("validation loss after 40 steps: f32 {a:.4}, bf16 {b:.4} (ln 512 = 6.24)");
-    assert!(b.is_finite() && b < 5.9, "bf16 run did not learn: {b}");
-    assert!((a - b).abs() < 0.15, "bf16 {b} too far from f32 {a}");
+    bf16_learns_like_f32("cpu", &[]);
+}
+
+/// The same on libtorch (its CPU device here; the code path tch-CUDA runs).
+#[test]
+#[cfg_attr(
+    not(feature = "tch"),
+    ignore = "built without --features tch (source scripts/tch_env.sh)"
+)]
+fn bf16_training_on_libtorch_learns_like_f32() {
+    bf16_learns_like_f32("tch", &["--backend", "tch", "--device", "cpu"]);
 }

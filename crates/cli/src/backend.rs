@@ -46,6 +46,7 @@ impl BackendArgs {
             ),
         };
         let (device, what) = self.select(index)?;
+        default_to(self.backend);
         precision
             .apply(&device)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -91,7 +92,7 @@ impl BackendArgs {
                 {
                     not_built(
                         "tch",
-                        "needs PyTorch 2.9.0: `source scripts/tch_env.sh` first",
+                        "`source scripts/tch_env.sh` first, with EMBER_TORCH=<version> for the libtorch it will run on",
                     )
                 }
             }
@@ -104,7 +105,7 @@ impl BackendArgs {
                 {
                     not_built(
                         "cuda",
-                        "needs an NVIDIA driver at run time and network access at build time for CubeCL's LLVM bundle",
+                        "`source scripts/cuda_env.sh` first for the static LLVM it compiles kernels with; an NVIDIA driver at run time",
                     )
                 }
             }
@@ -191,4 +192,23 @@ fn quiet<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the backend panicked".into())
     })
+}
+
+/// Make burn's `Device::default()` the chosen backend. burn-train deserializes checkpoint
+/// records (resuming a run) onto the default device, which is otherwise the "best" backend
+/// compiled in (CUDA, then WGPU), whatever `--backend` says: a resumed CPU run would load its
+/// weights onto WGPU, or fail to start the CUDA driver. An explicit `BURN_DEVICE` still wins.
+fn default_to(backend: Backend) {
+    if std::env::var_os("BURN_DEVICE").is_some() {
+        return;
+    }
+    let name = match backend {
+        Backend::Cpu => "flex",
+        Backend::Wgpu => "wgpu",
+        Backend::Tch => "tch",
+        Backend::Cuda => "cuda",
+    };
+    // SAFETY: called once while the command starts, before it spawns worker threads that
+    // could read the environment concurrently.
+    unsafe { std::env::set_var("BURN_DEVICE", name) };
 }

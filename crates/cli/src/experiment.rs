@@ -9,7 +9,7 @@ use crate::backend::BackendArgs;
 pub enum ExperimentCommand {
     /// Distilled vs from-scratch students at equal tokens: teacher (trained here or given by
     /// path), one recording of its logits, the student with cross-entropy and distilled; writes
-    /// report.json, points.csv, ppl_vs_tokens.svg, ppl_vs_flops.svg and README.md.
+    /// report.json, points.csv, ppl_vs_tokens.{svg,png}, ppl_vs_flops.{svg,png} and README.md.
     /// Re-running resumes: finished runs and recordings are reused.
     TrainTheTrainer(TttArgs),
 }

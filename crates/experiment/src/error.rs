@@ -21,6 +21,10 @@ pub enum ExperimentError {
     },
     #[error("{path}: {message}")]
     Metrics { path: PathBuf, message: String },
+    #[error("plotting {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+    #[error("writing {path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
     #[error(transparent)]
     Data(#[from] ember_data::DataError),
 }

@@ -6,6 +6,7 @@
 
 mod error;
 pub mod flops;
+pub mod plot;
 pub mod report;
 
 use std::path::{Path, PathBuf};

@@ -228,26 +228,10 @@ fn read_f32(
         });
     }
     let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(StudentError::Dtype {
-                path: file.to_path_buf(),
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            });
-        }
+    ember_nn::decode_floats(view.dtype(), data).ok_or_else(|| StudentError::Dtype {
+        path: file.to_path_buf(),
+        key: key.to_string(),
+        dtype: format!("{:?}", view.dtype()),
     })
 }
 

@@ -11,9 +11,9 @@ mod generate;
 mod gguf;
 mod hf;
 mod llama;
-mod rope;
 
 pub use config::{HfLlamaConfig, StudentConfig};
+pub use ember_nn::rope_tables;
 pub use error::StudentError;
 pub use generate::{
     GenerateConfig, Sample, generate, sample_batch, sample_next, sample_next_with_logprob,
@@ -24,4 +24,3 @@ pub use gguf::{
 };
 pub use hf::{SaveDtype, hf_tensors, load_hf, save_hf};
 pub use llama::{Attention, DecoderLayer, KvCache, LlamaModel, Mlp, Student};
-pub use rope::rope_tables;

@@ -13,7 +13,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::StudentConfig;
 use crate::fused::causal_attention;
-use crate::rope::{apply_rope, rope_tables};
+use ember_nn::{apply_rope, repeat_kv, rope_tables};
 
 /// The full causal LM: `model` (embeddings, layers, final norm) plus `lm_head`
 /// (absent when embeddings are tied).
@@ -328,16 +328,4 @@ impl Mlp {
         self.down_proj
             .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
-}
-
-/// `[b, kv, t, d] -> [b, kv * n_rep, t, d]`, each kv head repeated for its query group
-/// (HF `repeat_kv`, i.e. repeat_interleave on the head axis).
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, t, d])
-        .reshape([b, h * n_rep, t, d])
 }

@@ -709,8 +709,9 @@ impl HfConfig {
 
     /// Required field, with a clear error naming it.
     pub fn need<T: Copy>(&self, value: Option<T>, name: &str) -> Result<T, TeacherError> {
-        value.ok_or_else(|| {
-            TeacherError::Invalid(format!("{} config lacks {name}", self.model_type))
+        value.ok_or_else(|| TeacherError::ModelConfig {
+            model_type: self.model_type.clone(),
+            message: format!("config lacks {name}"),
         })
     }
 

@@ -66,9 +66,10 @@ pub(crate) fn latent_attention(
             false,
         )?),
     };
-    let rope_cfg = cfg
-        .rope()
-        .map_err(|m| TeacherError::Invalid(format!("{}: {m}", cfg.model_type)))?;
+    let rope_cfg = cfg.rope().map_err(|message| TeacherError::ModelConfig {
+        model_type: cfg.model_type.clone(),
+        message,
+    })?;
     Ok(LatentAttention {
         q,
         kv_a_proj_with_mqa: Linear::load(

@@ -435,7 +435,10 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
     use arrow::array::{ListBuilder, UInt8Builder, UInt64Builder};
     let manifest = LogitsManifest::load(&cfg.logits)?;
     let c = &cfg.compression;
-    let invalid = |m: String| TeacherError::Invalid(m);
+    let invalid = |message: String| TeacherError::DistillKit {
+        path: cfg.out.clone(),
+        message,
+    };
     if c.k == 0 || c.k > manifest.meta.k {
         return Err(invalid(format!(
             "DistillKit k {} must be in 1..={} (the recording's k)",
@@ -502,18 +505,28 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
                 Arc::new(idx_b.finish()),
             ],
         )
-        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        .map_err(|e| TeacherError::DistillKit {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let mut buf = Vec::new();
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
             .build();
         let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
             .and_then(|mut w| w.write(&batch).map(|_| w))
-            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        w.flush()
-            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        w.close()
-            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TeacherError::DistillKit {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        w.flush().map_err(|e| TeacherError::DistillKit {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        w.close().map_err(|e| TeacherError::DistillKit {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         ember_data::write_atomic(&path, &buf)?;
         report.files += 1;
         report.bytes += buf.len() as u64;
@@ -601,10 +614,10 @@ pub fn import_distillkit(cfg: &ImportConfig) -> Result<LogitsManifest, TeacherEr
     let ccfg = CompressionConfig::load(&cfg.capture.join("compression_config.yaml"))?;
     let k = cfg.top_k.unwrap_or(ccfg.k);
     if k == 0 || k > ccfg.k {
-        return Err(TeacherError::Invalid(format!(
-            "--top-k {k} must be in 1..={} (the capture's k)",
-            ccfg.k
-        )));
+        return Err(TeacherError::Setting {
+            setting: "--top-k",
+            message: format!("{k} must be in 1..={} (the capture's k)", ccfg.k),
+        });
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&cfg.capture)
         .map_err(|source| TeacherError::Io {
@@ -630,10 +643,10 @@ pub fn import_distillkit(cfg: &ImportConfig) -> Result<LogitsManifest, TeacherEr
         )
     });
     if files.is_empty() {
-        return Err(TeacherError::Invalid(format!(
-            "no .parquet files in {}",
-            cfg.capture.display()
-        )));
+        return Err(TeacherError::DistillKit {
+            path: cfg.capture.clone(),
+            message: "no .parquet files".into(),
+        });
     }
     std::fs::create_dir_all(&cfg.out).map_err(|source| TeacherError::Io {
         path: cfg.out.clone(),
@@ -677,7 +690,10 @@ pub fn import_distillkit(cfg: &ImportConfig) -> Result<LogitsManifest, TeacherEr
             Ok(())
         };
     for path in &files {
-        let format = |m: String| TeacherError::Invalid(format!("{}: {m}", path.display()));
+        let format = |message: String| TeacherError::DistillKit {
+            path: path.clone(),
+            message,
+        };
         let file = File::open(path).map_err(|source| TeacherError::Io {
             path: path.clone(),
             source,

@@ -62,8 +62,32 @@ pub enum TeacherError {
     #[error("remote teacher {url}: {message}")]
     Remote { url: String, message: String },
 
-    #[error("{0}")]
-    Invalid(String),
+    /// A config.json value the architecture cannot use (missing, inconsistent).
+    #[error("{model_type}: {message}")]
+    ModelConfig { model_type: String, message: String },
+
+    /// A setting given to Ember (a flag, recipe key or environment variable) that is out of range.
+    #[error("{setting}: {message}")]
+    Setting {
+        setting: &'static str,
+        message: String,
+    },
+
+    /// An environment variable with a value Ember does not know.
+    #[error("{var}={value:?}: {hint}")]
+    Env {
+        var: &'static str,
+        value: String,
+        hint: &'static str,
+    },
+
+    /// An output directory that already holds a different recording.
+    #[error("{path}: {message}")]
+    ExistingOutput { path: PathBuf, message: String },
+
+    /// A DistillKit capture (or its export) that does not fit the format.
+    #[error("{path}: {message}")]
+    DistillKit { path: PathBuf, message: String },
 
     #[error(
         "teacher {teacher} gave a non-finite log-probability ({value}) at dataset row {row}, position {position}; its weights or inputs hold NaN/infinite values, nothing was written for this shard"

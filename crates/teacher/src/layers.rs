@@ -114,7 +114,7 @@ impl Linear {
     }
 
     /// `x: [n, in] -> [n, out]`
-    pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         let y = self.product(x);
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -125,7 +125,7 @@ impl Linear {
     /// `x: [b, t, in] -> [b, t, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
-        let y = self.forward2(x.reshape([b * t, d]));
+        let y = self.forward_rows(x.reshape([b * t, d]));
         let out = y.dims()[1];
         y.reshape([b, t, out])
     }
@@ -204,42 +204,7 @@ impl LayerNorm {
     }
 }
 
-/// HF `apply_rotary_pos_emb` on `x: [b, h, t, d]`: `x * cos + rotate_half(x) * sin` on the
-/// first `r` dims (`cos`/`sin` are `[t, r]`), the rest passed through (partial RoPE).
-pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let r = cos.dims()[1];
-    if r < d {
-        let pass = x.clone().narrow(3, r, d - r);
-        return Tensor::cat(vec![apply_rope(x.narrow(3, 0, r), cos, sin), pass], 3);
-    }
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.clone().narrow(3, d / 2, d / 2);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
-}
-
-/// Rotary embedding for checkpoints whose rotary dims are stored interleaved
-/// (`x0, y0, x1, y1, ...`): de-interleave to `[x..., y...]`, then rotate_half.
-pub fn apply_rope_interleaved(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-    let [b, h, t, d] = x.dims();
-    let x = x
-        .reshape([b, h, t, d / 2, 2])
-        .swap_dims(3, 4)
-        .reshape([b, h, t, d]);
-    apply_rope(x, cos, sin)
-}
-
-/// `[b, kv, t, d] -> [b, kv * n_rep, t, d]` (HF `repeat_kv`).
-pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, h, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, n_rep, t, d])
-        .reshape([b, h * n_rep, t, d])
-}
+pub use ember_nn::{apply_rope, apply_rope_interleaved, repeat_kv};
 
 /// Which keys each query may not see (`[b, 1, tq, tk]`, true = masked), where the queries are
 /// the last `tq` of the `tk` positions (`tk > tq` when earlier keys come from a KV cache):
@@ -353,9 +318,9 @@ impl Mlp {
     }
 
     /// `x: [n, hidden]`
-    pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         self.down
-            .forward2(silu(self.gate.forward2(x.clone())) * self.up.forward2(x))
+            .forward_rows(silu(self.gate.forward_rows(x.clone())) * self.up.forward_rows(x))
     }
 }
 
@@ -404,16 +369,16 @@ impl Expert {
     }
 
     /// `x: [n, hidden]`
-    pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Expert::Loaded(mlp) => mlp.forward2(x),
+            Expert::Loaded(mlp) => mlp.forward_rows(x),
             Expert::Identity => x,
             Expert::Streamed { gate, up, down } => {
                 // the same products as a loaded expert's (BLAS or Burn), so the same numbers
                 let linear = |w: &LazyTensor| Linear::new(w.load().transpose(), None);
-                let g = linear(gate).forward2(x.clone());
-                let u = linear(up).forward2(x);
-                linear(down).forward2(silu(g) * u)
+                let g = linear(gate).forward_rows(x.clone());
+                let u = linear(up).forward_rows(x);
+                linear(down).forward_rows(silu(g) * u)
             }
         }
     }
@@ -446,7 +411,7 @@ pub fn dispatch_experts(x: Tensor<2>, experts: &[Expert], routing: &Routing) -> 
         let m = tokens.len();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [m]), &device);
         let w = Tensor::<2>::from_data(TensorData::new(weights, [m, 1]), &device).cast(x.dtype());
-        let y = expert.forward2(x.clone().select(0, idx.clone())) * w;
+        let y = expert.forward_rows(x.clone().select(0, idx.clone())) * w;
         out = out.select_assign(0, idx, y, IndexingUpdateOp::Add);
     }
     out

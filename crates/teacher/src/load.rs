@@ -250,17 +250,19 @@ pub(crate) fn sigmoid_moe(
     let topk_group = cfg.topk_group.unwrap_or(defaults.topk_group);
     let top_k = cfg.need(cfg.num_experts_per_tok, "num_experts_per_tok")?;
     if n_group == 0 || n % n_group != 0 {
-        return Err(TeacherError::Invalid(format!(
-            "{}: n_routed_experts {n} is not divisible by n_group {n_group}",
-            cfg.model_type
-        )));
+        return Err(TeacherError::ModelConfig {
+            model_type: cfg.model_type.clone(),
+            message: format!("n_routed_experts {n} is not divisible by n_group {n_group}"),
+        });
     }
     if topk_group == 0 || topk_group > n_group || top_k > topk_group * (n / n_group) {
-        return Err(TeacherError::Invalid(format!(
-            "{}: num_experts_per_tok {top_k} cannot be chosen from topk_group {topk_group} of n_group {n_group} groups of {} experts",
-            cfg.model_type,
-            n / n_group
-        )));
+        return Err(TeacherError::ModelConfig {
+            model_type: cfg.model_type.clone(),
+            message: format!(
+                "num_experts_per_tok {top_k} cannot be chosen from topk_group {topk_group} of n_group {n_group} groups of {} experts",
+                n / n_group
+            ),
+        });
     }
     let shared = cfg.n_shared_experts.unwrap_or(defaults.n_shared_experts);
     Ok(MoeBlock {
@@ -302,9 +304,11 @@ fn auto_stream_experts(config: &HfConfig, w: &Weights) -> Result<bool, TeacherEr
         Some("0") => return Ok(false),
         None | Some("") => {}
         Some(other) => {
-            return Err(TeacherError::Invalid(format!(
-                "EMBER_STREAM_EXPERTS={other:?}: use 1 (experts stay in the file) or 0 (loaded)"
-            )));
+            return Err(TeacherError::Env {
+                var: "EMBER_STREAM_EXPERTS",
+                value: other.to_string(),
+                hint: "use 1 (experts stay in the file) or 0 (loaded)",
+            });
         }
     }
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {

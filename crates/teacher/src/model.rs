@@ -241,7 +241,7 @@ impl Teacher {
         }
         let x = self.norm.forward(x);
         self.lm_head
-            .forward2(x.reshape([b * t, d]))
+            .forward_rows(x.reshape([b * t, d]))
             .reshape([b, t, self.vocab_size()])
     }
 }
@@ -460,8 +460,8 @@ impl FeedForward {
         let [b, t, d] = x.dims();
         let x2 = x.reshape([b * t, d]);
         let y = match self {
-            FeedForward::Dense(mlp) => mlp.forward2(x2),
-            FeedForward::Moe(moe) => moe.forward2(x2),
+            FeedForward::Dense(mlp) => mlp.forward_rows(x2),
+            FeedForward::Moe(moe) => moe.forward_rows(x2),
         };
         y.reshape([b, t, d])
     }
@@ -470,10 +470,10 @@ impl FeedForward {
 impl MoeBlock {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
-        self.forward2(x.reshape([b * t, d])).reshape([b, t, d])
+        self.forward_rows(x.reshape([b * t, d])).reshape([b, t, d])
     }
 
-    fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+    fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         // router in float32, as HF does
         let logits = self.gate.matmul_f32(x.clone());
         let routing = match &self.router {
@@ -503,11 +503,11 @@ impl MoeBlock {
         let Some(shared) = &self.shared_experts else {
             return routed;
         };
-        let y = shared.forward2(x.clone());
+        let y = shared.forward_rows(x.clone());
         let y = match &self.shared_expert_gate {
             Some(gate) => {
                 let dims = y.dims();
-                y * sigmoid(gate.forward2(x)).expand(dims)
+                y * sigmoid(gate.forward_rows(x)).expand(dims)
             }
             None => y,
         };

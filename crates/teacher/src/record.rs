@@ -223,18 +223,25 @@ pub fn record(
     cfg: &RecordConfig,
 ) -> Result<LogitsManifest, TeacherError> {
     if cfg.k == 0 || cfg.batch_size == 0 || cfg.shard_rows == 0 || cfg.temperature <= 0.0 {
-        return Err(TeacherError::Invalid(
-            "top-k, batch size, shard rows and temperature must be positive".into(),
-        ));
+        return Err(TeacherError::Setting {
+            setting: "record",
+            message: "top-k, batch size, shard rows and temperature must be positive".into(),
+        });
     }
     if let LogitsCodec::Compact(c) = &cfg.codec {
-        c.validate().map_err(TeacherError::Invalid)?;
+        c.validate().map_err(|message| TeacherError::Setting {
+            setting: "compact logits format",
+            message,
+        })?;
         if cfg.k > u16::MAX as usize {
-            return Err(TeacherError::Invalid(format!(
-                "top-k {} exceeds the compact format's {} entries per position",
-                cfg.k,
-                u16::MAX
-            )));
+            return Err(TeacherError::Setting {
+                setting: "top-k",
+                message: format!(
+                    "{} exceeds the compact format's {} entries per position",
+                    cfg.k,
+                    u16::MAX
+                ),
+            });
         }
     }
     let data = TokenDataset::open(&cfg.data, cfg.split)?;
@@ -244,10 +251,10 @@ pub fn record(
     }
     let vocab = source.vocab_size().unwrap_or(data.manifest.vocab_size);
     if cfg.k > vocab {
-        return Err(TeacherError::Invalid(format!(
-            "top-k {} exceeds the vocabulary ({vocab})",
-            cfg.k
-        )));
+        return Err(TeacherError::Setting {
+            setting: "top-k",
+            message: format!("{} exceeds the vocabulary ({vocab})", cfg.k),
+        });
     }
     let meta = LogitsMeta {
         teacher: source.name(),
@@ -295,26 +302,27 @@ pub fn record(
                         ..existing.clone()
                     }) == meta
                 {
-                    return Err(TeacherError::Invalid(format!(
-                        "{} was recorded from other weights of teacher {} (fingerprint {} vs {} now: retrained or replaced in place?); use a new --out directory",
-                        path.display(),
-                        existing.teacher,
-                        if existing.teacher_weights.is_empty() {
-                            "unknown"
-                        } else {
-                            &existing.teacher_weights
-                        },
-                        meta.teacher_weights
-                    )));
+                    return Err(TeacherError::ExistingOutput {
+                        path: path.clone(),
+                        message: format!(
+                            "was recorded from other weights of teacher {} (fingerprint {} vs {} now: retrained or replaced in place?); use a new --out directory",
+                            existing.teacher,
+                            if existing.teacher_weights.is_empty() {
+                                "unknown"
+                            } else {
+                                &existing.teacher_weights
+                            },
+                            meta.teacher_weights
+                        ),
+                    });
                 }
-                return Err(TeacherError::Invalid(format!(
-                    "{} was recorded with other settings ({} by {}, k={}, {:?}); use a new --out directory",
-                    path.display(),
-                    existing.source,
-                    existing.teacher,
-                    existing.k,
-                    existing.codec
-                )));
+                return Err(TeacherError::ExistingOutput {
+                    path: path.clone(),
+                    message: format!(
+                        "was recorded with other settings ({} by {}, k={}, {:?}); use a new --out directory",
+                        existing.source, existing.teacher, existing.k, existing.codec
+                    ),
+                });
             }
             bar.inc(((end - first) * t) as u64);
         } else {

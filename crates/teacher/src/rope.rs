@@ -258,19 +258,12 @@ impl Rope {
         })
     }
 
-    /// `base^(-2i/dim)` for `i < dim/2`, in float32 as transformers computes it.
-    fn base_inv_freq(dim: usize, base: f64) -> Vec<f32> {
-        (0..dim / 2)
-            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
-            .collect()
-    }
-
     /// Inverse frequencies for a forward pass over `t` positions (only `dynamic` depends on `t`).
     pub fn inv_freq(&self, t: usize) -> Vec<f32> {
         let dim = self.dim;
         match self.scaling {
-            RopeScaling::Default => Self::base_inv_freq(dim, self.theta),
-            RopeScaling::Linear { factor } => Self::base_inv_freq(dim, self.theta)
+            RopeScaling::Default => ember_nn::inv_freq(dim, self.theta),
+            RopeScaling::Linear { factor } => ember_nn::inv_freq(dim, self.theta)
                 .into_iter()
                 .map(|f| f / factor as f32)
                 .collect(),
@@ -283,7 +276,7 @@ impl Rope {
                 let base = self.theta
                     * ((factor * seq / max as f64) - (factor - 1.0))
                         .powf(dim as f64 / (dim as f64 - 2.0));
-                Self::base_inv_freq(dim, base)
+                ember_nn::inv_freq(dim, base)
             }
             RopeScaling::Yarn {
                 factor,
@@ -333,7 +326,7 @@ impl Rope {
                 );
                 let low_wavelen = old / lo;
                 let high_wavelen = old / hi;
-                Self::base_inv_freq(dim, self.theta)
+                ember_nn::inv_freq(dim, self.theta)
                     .into_iter()
                     .map(|f| {
                         let wavelen = 2.0 * std::f32::consts::PI / f;
@@ -382,21 +375,7 @@ impl Rope {
     /// The rows `start..start + t` of [`Rope::tables`]`(start + t)`, computed alone (one
     /// decoding step costs one row, not the whole prefix).
     pub fn tables_at(&self, start: usize, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let dim = self.dim;
         let inv_freq = self.inv_freq(start + t);
-        let af = self.attention_factor() as f32;
-        let mut cos = Vec::with_capacity(t * dim);
-        let mut sin = Vec::with_capacity(t * dim);
-        for p in start..start + t {
-            let angles: Vec<f32> = inv_freq.iter().map(|f| f * p as f32).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos() * af));
-                sin.extend(angles.iter().map(|a| a.sin() * af));
-            }
-        }
-        (
-            Tensor::from_data(TensorData::new(cos, [t, dim]), device),
-            Tensor::from_data(TensorData::new(sin, [t, dim]), device),
-        )
+        ember_nn::tables_from_inv_freq(&inv_freq, start, t, self.attention_factor() as f32, device)
     }
 }

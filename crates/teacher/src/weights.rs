@@ -375,25 +375,11 @@ impl Files {
         let path = || self.shard_of(key).expect("read above").1.to_path_buf();
         let values = match dtype {
             Dtype::F8_E4M3 => self.dequantize_fp8(key, shape, &bytes)?,
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(TeacherError::Dtype {
-                    path: path(),
-                    key: key.to_string(),
-                    dtype: format!("{other:?}"),
-                });
-            }
+            other => ember_nn::decode_floats(other, &bytes).ok_or_else(|| TeacherError::Dtype {
+                path: path(),
+                key: key.to_string(),
+                dtype: format!("{other:?}"),
+            })?,
         };
         Ok((values, dtype))
     }
