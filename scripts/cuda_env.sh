@@ -39,6 +39,14 @@ cat > "$_ember_prefix/bin/llvm-config.tmp" <<EOF
 "$_ember_llvm/bin/llvm-config" "\$@" | sed -E 's#(^| )/[^ ]*/lib([A-Za-z0-9_+-]+)\.so[.0-9]*#\1-l\2#g'
 EOF
 chmod +x "$_ember_prefix/bin/llvm-config.tmp"
-mv "$_ember_prefix/bin/llvm-config.tmp" "$_ember_prefix/bin/llvm-config"
-echo "$_ember_llvm $("$_ember_llvm/bin/llvm-config" --version)" > "$_ember_prefix/.tracel-llvm-installed"
-unset _ember_llvm _ember_prefix _ember_sudo
+echo "$_ember_llvm $("$_ember_llvm/bin/llvm-config" --version)" > "$_ember_prefix/.tracel-llvm-installed.tmp"
+# Replace the files only when they change: the bundler's build script reruns when the sentinel's
+# mtime changes, and with it cubecl-llvm and every burn crate above it (~9 minutes here).
+for _ember_f in bin/llvm-config .tracel-llvm-installed; do
+  if cmp -s "$_ember_prefix/$_ember_f.tmp" "$_ember_prefix/$_ember_f"; then
+    rm "$_ember_prefix/$_ember_f.tmp"
+  else
+    mv "$_ember_prefix/$_ember_f.tmp" "$_ember_prefix/$_ember_f"
+  fi
+done
+unset _ember_llvm _ember_prefix _ember_sudo _ember_f

@@ -18,10 +18,14 @@ $EMBER record --teacher "$TEACHER" --data datasets/default --split train --top-k
 $EMBER record --teacher "$TEACHER" --data datasets/default --split validation --top-k 64 \
   --format v1 --out "$L/v1-validation"
 # name: convert arguments (v1 is the recording itself)
+# (adaptive k: --mass keeps the fewest entries per position whose mass reaches it; it pays on
+# peaked teachers)
 declare -A SETTINGS=(
   [v2-step1_16]="--logprob-step 0.0625"
   [v2-step1_8]="--logprob-step 0.125"
   [v2-step1_4]="--logprob-step 0.25"
+  [v2-step1_8-mass0.99]="--logprob-step 0.125 --mass 0.99"
+  [v2-step1_8-mass0.9]="--logprob-step 0.125 --mass 0.9"
   [v2-step1_8-mass0.5]="--logprob-step 0.125 --mass 0.5"
 )
 for name in "${!SETTINGS[@]}"; do
@@ -37,6 +41,7 @@ distill() { # name logits-dir seed
 mkdir -p "$OUT/runs"
 distill v1 "$L/v1-train" 42
 distill v1-seed43 "$L/v1-train" 43
+distill v1-seed44 "$L/v1-train" 44
 for name in "${!SETTINGS[@]}"; do distill "$name" "$L/$name" 42; done
 "${EMBER_PYTHON:-python3}" - "$OUT" <<'PY'
 import json, os, sys

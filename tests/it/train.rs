@@ -262,6 +262,18 @@ fn validation_and_checkpoints_land_on_the_recipe_steps_and_accumulation_equals_a
     };
     assert_eq!(steps("validation"), [0, 4, 8, 12, 13]);
     assert_eq!(steps("train"), [2, 4, 6, 8, 10, 12, 13]);
+    // the logged lr is the one the scheduler gave the row's step (burn-train's metadata):
+    // 3 warmup steps to 1e-2, then cosine to 1e-3 at step 13
+    for r in rows(&run, "train") {
+        let s = r["step"].as_u64().unwrap() as f64;
+        let want = if s <= 3.0 {
+            1e-2 * s / 3.0
+        } else {
+            1e-3 + 0.5 * 9e-3 * (1.0 + (std::f64::consts::PI * (s - 4.0) / 10.0).cos())
+        };
+        let lr = r["lr"].as_f64().unwrap();
+        assert!((lr - want).abs() < 1e-9, "step {s}: lr {lr} vs {want}");
+    }
     let valid = rows(&run, "validation");
     assert_eq!(valid[1]["eval_tokens"], 2 * 8 * 31);
     assert_eq!(valid[1]["tokens"], 4 * 16 * 31);

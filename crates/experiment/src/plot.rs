@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::{ExperimentError, write};
@@ -86,12 +87,12 @@ impl Plot {
         Ok(png)
     }
 
-    /// Finite points with positive y (perplexity), per series.
+    /// The points that can be drawn, of every series.
     fn finite(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
         self.series
             .iter()
             .flat_map(|s| s.points.iter().copied())
-            .filter(|(x, y)| x.is_finite() && y.is_finite() && *y > 0.0)
+            .filter(drawable)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
@@ -116,57 +117,56 @@ impl Plot {
             .filter(|x| *x > 0.0)
             .fold(f64::INFINITY, f64::min);
         let log_x = xs.iter().all(|x| *x > 0.0) && xmin_pos.is_finite() && xmax / xmin_pos > 10.0;
-        let title = (FAMILY, 20).into_font();
-        let label = (FAMILY, 14).into_font();
         let mut builder = ChartBuilder::on(root);
         builder
-            .caption(&self.title, title)
+            .caption(&self.title, (FAMILY, 20).into_font())
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(64);
-        let y_desc = "validation perplexity (log scale)";
-        let x_desc = if log_x {
-            format!("{} (log scale)", self.x_label)
-        } else {
-            self.x_label.clone()
-        };
+        let y = (ymin..ymax).log_scale();
         if log_x {
+            let x = (xmin_pos / 1.2, xmax * 1.2);
             let mut chart = builder
-                .build_cartesian_2d(
-                    (xmin_pos / 1.2..xmax * 1.2).log_scale(),
-                    (ymin..ymax).log_scale(),
-                )
+                .build_cartesian_2d((x.0..x.1).log_scale(), y)
                 .map_err(err)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .label_style(label.clone())
-                .x_label_formatter(&|x| si(*x))
-                .y_label_formatter(&|y| tick(*y))
-                .draw()
-                .map_err(err)?;
-            self.draw_series(&mut chart, xmin_pos / 1.2, xmax * 1.2)
-                .map_err(err)?;
-            legend(&mut chart, label).map_err(err)?;
+            let desc = format!("{} (log scale)", self.x_label);
+            self.fill(&mut chart, desc, x).map_err(err)
         } else {
-            let mut chart = builder
-                .build_cartesian_2d(0.0..xmax * 1.02, (ymin..ymax).log_scale())
-                .map_err(err)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .label_style(label.clone())
-                .x_label_formatter(&|x| si(*x))
-                .y_label_formatter(&|y| tick(*y))
-                .draw()
-                .map_err(err)?;
-            self.draw_series(&mut chart, 0.0, xmax * 1.02)
-                .map_err(err)?;
-            legend(&mut chart, label).map_err(err)?;
+            let x = (0.0, xmax * 1.02);
+            let mut chart = builder.build_cartesian_2d(x.0..x.1, y).map_err(err)?;
+            self.fill(&mut chart, self.x_label.clone(), x).map_err(err)
         }
-        Ok(())
+    }
+
+    /// Axes, the series over `x0..x1` and the legend, on a linear or a log x axis.
+    fn fill<'a, DB, X, Y>(
+        &self,
+        chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+        x_desc: String,
+        (x0, x1): (f64, f64),
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB: DrawingBackend + 'a,
+        X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let label = (FAMILY, 14).into_font();
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("validation perplexity (log scale)")
+            .label_style(label.clone())
+            .x_label_formatter(&|x| si(*x))
+            .y_label_formatter(&|y| tick(*y))
+            .draw()?;
+        self.draw_series(chart, x0, x1)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(label)
+            .draw()
     }
 
     fn draw_series<'a, DB, X, Y>(
@@ -194,7 +194,7 @@ impl Plot {
                 .points
                 .iter()
                 .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite() && *y > 0.0 && *x >= x0)
+                .filter(|p| drawable(p) && p.0 >= x0)
                 .collect();
             let anno = if s.dashed {
                 chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?
@@ -210,22 +210,9 @@ impl Plot {
     }
 }
 
-fn legend<'a, DB, X, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
-    font: FontDesc<'a>,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
-where
-    DB: DrawingBackend + 'a,
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-{
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(font)
-        .draw()
+/// A finite point with positive y (perplexity, on a log axis).
+fn drawable(&(x, y): &(f64, f64)) -> bool {
+    x.is_finite() && y.is_finite() && y > 0.0
 }
 
 fn register_font() {

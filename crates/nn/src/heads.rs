@@ -25,7 +25,7 @@ mod tests {
             TensorData::new(vec![1f32, 2., 3., 4.], [1, 2, 1, 2]),
             &device,
         );
-        let y = repeat_kv(x, 2).into_data().to_vec::<f32>().unwrap();
+        let y = repeat_kv(x, 2).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(y, vec![1., 2., 1., 2., 3., 4., 3., 4.]);
     }
 }

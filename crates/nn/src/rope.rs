@@ -84,8 +84,8 @@ mod tests {
     fn tables_repeat_the_angles_over_both_halves() {
         let device = Device::flex();
         let (cos, sin) = rope_tables(3, 2, 4, 10000.0, &device);
-        let cos = cos.into_data().to_vec::<f32>().unwrap();
-        let sin = sin.into_data().to_vec::<f32>().unwrap();
+        let cos = cos.into_data().try_to_vec::<f32>().unwrap();
+        let sin = sin.into_data().try_to_vec::<f32>().unwrap();
         // position 3: angles 3 * [1, 1e-2]; position 4: 4 * [1, 1e-2]
         for (row, p) in [(0usize, 3f32), (1, 4.0)] {
             for (i, f) in [1.0f32, 0.01].into_iter().enumerate() {
@@ -108,9 +108,9 @@ mod tests {
         let (cos, sin) = rope_tables(0, 2, 4, 10000.0, &device);
         let y = apply_rope(x.clone(), &cos, &sin)
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
-        let x = x.into_data().to_vec::<f32>().unwrap();
+        let x = x.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(&y[..6], &x[..6], "position 0 is not rotated");
         assert_eq!(
             &y[10..12],

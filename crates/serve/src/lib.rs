@@ -603,7 +603,7 @@ fn complete(
 }
 
 fn top(row: &[f32], k: usize) -> Vec<(usize, f32)> {
-    ember_teacher::topk_indices(row, k)
+    ember_nn::topk_indices(row, k)
         .into_iter()
         .map(|i| (i, row[i]))
         .collect()

@@ -90,13 +90,14 @@ pub fn sample_next_with_logprob(
             .0;
         return (argmax as u32, 0.0);
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    if cfg.top_k > 0 || cfg.top_p < 1.0 {
-        order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        if cfg.top_k > 0 {
-            order.truncate(cfg.top_k);
-        }
-    }
+    // most likely first (ties to the lower id) when top-k or top-p cut the list
+    let mut order: Vec<usize> = if cfg.top_k > 0 {
+        ember_nn::topk_indices(logits, cfg.top_k)
+    } else if cfg.top_p < 1.0 {
+        ember_nn::topk_indices(logits, logits.len())
+    } else {
+        (0..logits.len()).collect()
+    };
     let max = order
         .iter()
         .map(|&i| logits[i])

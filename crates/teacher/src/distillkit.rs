@@ -139,6 +139,16 @@ impl CompressionConfig {
                 cfg.exact_k, cfg.k, cfg.d
             )));
         }
+        if cfg.exact_k < cfg.k
+            && cfg.polynomial_terms.as_ref().is_none_or(Vec::is_empty)
+            && cfg.residual_bins.is_empty()
+        {
+            // as DistillKit's own config check says: the values past exact_k need a model
+            return Err(err(format!(
+                "exact_k {} < k {} needs polynomial_terms or residual_bins",
+                cfg.exact_k, cfg.k
+            )));
+        }
         if cfg
             .residual_bins
             .iter()
@@ -467,11 +477,7 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
     ember_data::write_atomic(&cfg.out.join("compression_config.yaml"), yaml.as_bytes())?;
     let (k_rec, t) = (manifest.meta.k, manifest.meta.seq_len);
     let schema = Arc::new(Schema::new(vec![
-        Field::new(
-            "input_ids",
-            DataType::List(Arc::new(Field::new("item", DataType::UInt64, true))),
-            true,
-        ),
+        Field::new("input_ids", DataType::List(element(DataType::UInt64)), true),
         Field::new("compressed_logprobs", nested_u8(), true),
         Field::new("bytepacked_indices", nested_u8(), true),
     ]));
@@ -484,9 +490,9 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
     };
     let new_builders = || {
         (
-            ListBuilder::new(UInt64Builder::new()),
-            ListBuilder::new(ListBuilder::new(UInt8Builder::new())),
-            ListBuilder::new(ListBuilder::new(UInt8Builder::new())),
+            ListBuilder::new(UInt64Builder::new()).with_field(element(DataType::UInt64)),
+            nested_u8_builder(),
+            nested_u8_builder(),
         )
     };
     let (mut ids_b, mut lp_b, mut idx_b) = new_builders();
@@ -587,12 +593,20 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
     Ok(report)
 }
 
+/// A list item as pyarrow writes it to Parquet (and so DistillKit's captures): `element`.
+fn element(item: DataType) -> Arc<Field> {
+    Arc::new(Field::new("element", item, true))
+}
+
 fn nested_u8() -> DataType {
-    DataType::List(Arc::new(Field::new(
-        "item",
-        DataType::List(Arc::new(Field::new("item", DataType::UInt8, true))),
-        true,
-    )))
+    DataType::List(element(DataType::List(element(DataType::UInt8))))
+}
+
+fn nested_u8_builder()
+-> arrow::array::ListBuilder<arrow::array::ListBuilder<arrow::array::UInt8Builder>> {
+    use arrow::array::{ListBuilder, UInt8Builder};
+    ListBuilder::new(ListBuilder::new(UInt8Builder::new()).with_field(element(DataType::UInt8)))
+        .with_field(element(DataType::List(element(DataType::UInt8))))
 }
 
 /// Settings of an import.
@@ -820,5 +834,60 @@ mod tests {
         assert_eq!(cfg(151936).index_bits(), 18);
         assert_eq!(cfg(512).index_bits(), 9);
         assert_eq!(cfg(513).index_bits(), 10);
+    }
+
+    #[test]
+    fn configs_distillkit_refuses_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |yaml: &str| {
+            let path = dir.path().join("compression_config.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            CompressionConfig::load(&path).map_err(|e| e.to_string())
+        };
+        let base = "d: 512\nk: 8\nexact_dtype: bfloat16\nterm_dtype: float32\ndelta_encoding: false\nerror_diffusion: false\n";
+        let no_bins = "residual_bins: []\n";
+        assert!(
+            load(&format!("{base}{no_bins}exact_k: 8\n")).is_ok(),
+            "all values exact"
+        );
+        assert!(
+            load(&format!(
+                "{base}{no_bins}exact_k: 2\npolynomial_terms: [0, 1]\n"
+            ))
+            .is_ok(),
+            "a polynomial for the rest"
+        );
+        for (extra, says) in [
+            ("exact_k: 2\n", "needs polynomial_terms or residual_bins"),
+            (
+                "exact_k: 2\npolynomial_terms: []\n",
+                "needs polynomial_terms or residual_bins",
+            ),
+            ("exact_k: 9\n", "exact_k 9 > k 8"),
+            (
+                "exact_k: 2\npolynomial_terms: [log]\n",
+                "unknown polynomial term",
+            ),
+        ] {
+            let err = load(&format!("{base}{no_bins}{extra}")).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("compression_config.yaml"),
+                "{extra}: {err}"
+            );
+        }
+        for (extra, says) in [
+            (
+                "exact_k: 2\npolynomial_terms: [0]\nresidual_bins:\n- {scale_dtype: float16, element_bits: 8, num_elements: 7}\n",
+                "more elements than k - exact_k",
+            ),
+            ("exact_k: 2\n", "residual_bins"),
+        ] {
+            // the second: residual_bins is required, as in DistillKit
+            let err = load(&format!("{base}{extra}")).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("compression_config.yaml"),
+                "{extra}: {err}"
+            );
+        }
     }
 }

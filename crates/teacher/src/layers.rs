@@ -426,17 +426,3 @@ pub fn to_rows(t: Tensor<2>) -> Vec<Vec<f32>> {
         .expect("float tensor");
     (0..n).map(|i| v[i * m..(i + 1) * m].to_vec()).collect()
 }
-
-/// Indices of the `k` largest values, largest first; ties go to the lower index (like
-/// torch.topk on CPU). A partial sort: O(n + k log k). The one top-k of the crate (routers,
-/// recorded log-probabilities) and of `ember serve`.
-pub fn topk_indices(values: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    let by = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, by);
-        idx.truncate(k);
-    }
-    idx.sort_unstable_by(by);
-    idx
-}

@@ -41,7 +41,6 @@ pub use distillkit::{
     Term, TermDtype, export_distillkit, import_distillkit,
 };
 pub use error::TeacherError;
-pub use layers::topk_indices;
 pub use load::{load_teacher, load_teacher_with};
 pub use model::{KvCache, Router, Teacher, grouped_routing, softmax_routing};
 pub use record::{

@@ -13,10 +13,11 @@ use crate::delta_net::{DeltaState, GatedDeltaNet};
 use crate::dsa::Indexer;
 use crate::layers::{
     Expert, Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, attention_mask,
-    causal_attention, dispatch_experts, masked_attention, repeat_kv, to_rows, topk_indices,
+    causal_attention, dispatch_experts, masked_attention, repeat_kv, to_rows,
 };
 use crate::rope::Rope;
 use crate::{Arch, HfConfig};
+use ember_nn::topk_indices;
 
 /// A loaded teacher. Its pieces are the crate's own; callers see the config, the
 /// vocabulary size and the forward passes.

@@ -167,7 +167,7 @@ pub fn topk_logprobs(logits: Tensor<3>, k: usize, temperature: f32) -> TopK {
             let mut ids = Vec::with_capacity(t * k);
             let mut lps = Vec::with_capacity(t * k);
             for pos in row.chunks_exact(v) {
-                let top = crate::layers::topk_indices(pos, k);
+                let top = ember_nn::topk_indices(pos, k);
                 ids.extend(top.iter().map(|&i| i as i32));
                 lps.extend(top.iter().map(|&i| pos[i]));
             }

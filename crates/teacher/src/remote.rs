@@ -175,17 +175,22 @@ impl RemoteTeacher {
     }
 }
 
-/// Keep the `k` most likely of `(id, logprob)` pairs, most likely first.
+/// Keep the `k` most likely of `(id, logprob)` pairs, most likely first (ties to the
+/// lower id).
 fn top_k(mut pairs: Vec<(i32, f32)>, k: usize) -> Result<Vec<(i32, f32)>, String> {
-    pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if pairs.len() < k {
         return Err(format!(
             "a position has {} log-probabilities, fewer than k = {k}",
             pairs.len()
         ));
     }
-    pairs.truncate(k);
-    Ok(pairs)
+    // by id first, so that ties go to the lower id (topk_indices breaks them by position)
+    pairs.sort_unstable_by_key(|p| p.0);
+    let logprobs: Vec<f32> = pairs.iter().map(|p| p.1).collect();
+    Ok(ember_nn::topk_indices(&logprobs, k)
+        .into_iter()
+        .map(|i| pairs[i])
+        .collect())
 }
 
 /// vLLM token keys: `<id>` or `token_id:<id>`.
@@ -471,6 +476,11 @@ mod tests {
         assert_eq!(
             top_k(sglang_pairs(&sg).unwrap(), 2).unwrap(),
             vec![(8, -0.2), (2, -1.9)]
+        );
+        // equal log-probabilities: the lower id first, whatever order the server sent
+        assert_eq!(
+            top_k(vec![(7, -1.0), (2, -1.0), (5, -0.5)], 2).unwrap(),
+            vec![(5, -0.5), (2, -1.0)]
         );
         assert!(
             top_k(vec![(1, -0.1)], 2)

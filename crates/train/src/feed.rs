@@ -1,8 +1,8 @@
 //! burn-train data loaders over Ember's batch sources.
 //!
-//! One burn-train epoch is a fixed number of optimizer steps (the largest that divides
-//! both the validation and the checkpoint interval), so that burn-train's per-epoch
-//! validation and checkpoints land on the steps the recipe asks for. The training loader
+//! One burn-train epoch is a fixed number of optimizer steps ([`RunShape`]), so that
+//! burn-train's per-epoch validation and checkpoints land on the steps the recipe asks
+//! for. The training loader
 //! walks the source's own epochs (a fresh permutation each) across those; its position
 //! follows from the number of optimizer steps taken, which is how a resumed run continues
 //! on exactly the rows it would have seen.
@@ -21,17 +21,17 @@ use crate::batches::{Source, online_targets, targets_from_rows};
 use crate::distill::{KdEval, ValidTeacher};
 use crate::learner::{TrainBatch, ValidBatch, ValidTeacherBatch, valid_step};
 use crate::loss::dataset_batch;
+use crate::monitor::RunShape;
 use crate::{EvalReport, KdConfig, next_token_batch};
 
 /// What the training loader needs to make micro-batches.
 pub struct FeedConfig {
     pub batch_size: usize,
-    pub grad_accum: usize,
+    /// Micro-batches per step, steps per burn-train epoch and in the run.
+    pub shape: RunShape,
     pub student_vocab: usize,
     pub seed: u64,
     pub kd: KdConfig,
-    pub max_steps: usize,
-    pub steps_per_epoch: usize,
     /// Share of micro-batches that come from the on-policy pipeline (0 without one).
     pub onpolicy_share: f64,
 }
@@ -90,7 +90,8 @@ impl TrainFeed {
         onpolicy: Option<OnPolicyFeed>,
     ) -> Self {
         let mut pos = DataPos::default();
-        for m in 0..step * cfg.grad_accum {
+        let first_micro = cfg.shape.micro_batches_before(step);
+        for m in 0..first_micro {
             if !crate::onpolicy::is_onpolicy(cfg.onpolicy_share, cfg.seed, m) {
                 pos.take(cfg.batch_size, source.len());
             }
@@ -98,7 +99,7 @@ impl TrainFeed {
         source.start_epoch(cfg.seed, pos.epoch);
         Self {
             source,
-            first_micro: step * cfg.grad_accum,
+            first_micro,
             cfg,
             pos,
             steps_done: step,
@@ -132,7 +133,7 @@ impl TrainFeed {
                     ce_weight: 0.0,
                     ..kd.clone()
                 },
-                grad_accum: self.cfg.grad_accum,
+                grad_accum: self.cfg.shape.grad_accum,
                 tokens: x.tokens,
                 ends_step: None,
             }));
@@ -156,7 +157,7 @@ impl TrainFeed {
             teacher: batch.teacher,
             sampled: None,
             kd: self.cfg.kd.clone(),
-            grad_accum: self.cfg.grad_accum,
+            grad_accum: self.cfg.shape.grad_accum,
             tokens: rows * t,
             ends_step: None,
         }))
@@ -165,9 +166,9 @@ impl TrainFeed {
     /// Count `batch` as handed out, marking the one that ends an optimizer step.
     fn handed_out(&mut self, mut batch: TrainBatch) -> TrainBatch {
         self.micro += 1;
-        batch.ends_step = (self.micro % self.cfg.grad_accum == 0).then(|| {
+        batch.ends_step = self.cfg.shape.ends_step(self.micro).then(|| {
             self.steps_done += 1;
-            self.micro / self.cfg.grad_accum - 1
+            self.cfg.shape.steps_in(self.micro) - 1
         });
         batch
     }
@@ -187,11 +188,7 @@ fn lock(feed: &Mutex<TrainFeed>) -> MutexGuard<'_, TrainFeed> {
 impl DataLoader<TrainBatch> for TrainLoader {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<TrainBatch> + 'a> {
         let feed = lock(&self.feed);
-        let steps = feed
-            .cfg
-            .steps_per_epoch
-            .min(feed.cfg.max_steps.saturating_sub(feed.steps_done));
-        let total = steps * feed.cfg.grad_accum;
+        let total = feed.cfg.shape.micro_batches_after(feed.steps_done);
         drop(feed);
         Box::new(EpochIter {
             next: Box::new(|| {
@@ -206,8 +203,7 @@ impl DataLoader<TrainBatch> for TrainLoader {
     }
 
     fn num_items(&self) -> usize {
-        let feed = lock(&self.feed);
-        feed.cfg.steps_per_epoch * feed.cfg.grad_accum
+        lock(&self.feed).cfg.shape.micro_batches_per_epoch()
     }
 
     fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<TrainBatch>> {
@@ -396,7 +392,7 @@ pub struct ValidLoader {
 impl DataLoader<ValidBatch> for ValidLoader {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ValidBatch> + 'a> {
         let feed = lock(&self.feed);
-        let (step, max) = (feed.steps_done, feed.cfg.max_steps);
+        let (step, max) = (feed.steps_done, feed.cfg.shape.max_steps);
         drop(feed);
         let due = self.eval_every > 0 && step % self.eval_every == 0 && step < max;
         let mut i = 0;

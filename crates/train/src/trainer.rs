@@ -18,9 +18,10 @@ use std::time::Instant;
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::prelude::*;
+use burn_train::metric::LearningRateMetric;
 use burn_train::{Learner, SupervisedTraining};
-use ember_data::{Split, TokenDataset};
-use ember_student::{StudentConfig, save_hf};
+use ember_data::{DatasetManifest, Split, TokenDataset};
+use ember_student::{Student, StudentConfig, save_hf};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,7 @@ use crate::learner::{Distiller, NonFiniteGuard, WarmupCosine};
 use crate::monitor::{
     EveryNSteps, JsonlLogger, RunShape, StatMetric, StepBar, StepCheckpoints, TokensPerSecond,
 };
+use crate::onpolicy::OnPolicyStats;
 use crate::{EvalReport, TrainConfig, TrainError};
 
 /// What a finished run reports (also written to `<out_dir>/summary.json`).
@@ -55,16 +57,52 @@ pub struct TrainSummary {
 }
 
 /// Train (or resume) the run described by `cfg` on `device` (a plain device; autodiff
-/// is enabled here).
+/// is enabled here): prepare the data and the student's shape, resume from the last
+/// checkpoint if there is one, launch burn-train, then validate and save.
 pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainError> {
-    let t = &cfg.train;
-    let mut train_data = TokenDataset::open(&cfg.data.dataset, Split::Train)?;
-    if let Some(n) = cfg.data.max_train_rows {
-        train_data.truncate(n);
+    let (run, data) = prepare(cfg)?;
+    let start_step = resume(&run)?;
+    let trained = launch(&run, data, start_step, device)?;
+    finish(&run, trained, device)
+}
+
+/// A run before anything trains: its recipe, the dataset's manifest, the student's
+/// shape, how burn-train epochs map onto steps and which checkpoints are on disk.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    manifest: DatasetManifest,
+    student_cfg: StudentConfig,
+    shape: RunShape,
+    checkpoints: StepCheckpoints,
+    /// Steps of the checkpoints on disk, oldest first.
+    saved: Vec<usize>,
+}
+
+/// The training and validation splits.
+struct Splits {
+    train: TokenDataset,
+    valid: TokenDataset,
+}
+
+impl Run<'_> {
+    fn out(&self) -> &Path {
+        &self.cfg.train.out_dir
     }
-    let valid_data = TokenDataset::open(&cfg.data.dataset, Split::Validation)?;
-    let manifest = train_data.manifest.clone();
-    let manifest = &manifest;
+
+    fn resumed_from_step(&self) -> Option<usize> {
+        self.saved.last().copied()
+    }
+}
+
+/// Open the dataset, resolve the student's shape and check that the two fit together.
+fn prepare(cfg: &TrainConfig) -> Result<(Run<'_>, Splits), TrainError> {
+    let t = &cfg.train;
+    let mut train = TokenDataset::open(&cfg.data.dataset, Split::Train)?;
+    if let Some(n) = cfg.data.max_train_rows {
+        train.truncate(n);
+    }
+    let valid = TokenDataset::open(&cfg.data.dataset, Split::Validation)?;
+    let manifest = train.manifest.clone();
     let student_cfg = match &t.init_from {
         Some(dir) => StudentConfig::from_hf_file(&dir.join("config.json"))?,
         None => cfg
@@ -87,46 +125,66 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             manifest.vocab_size
         )));
     }
-    if valid_data.is_empty() {
+    if valid.is_empty() {
         return Err(TrainError::Config {
             path: cfg.data.dataset.clone(),
             message: "the validation split is empty; prepare the dataset with --val-fraction > 0"
                 .into(),
         });
     }
-    if train_data.len() < t.batch_size {
-        return Err(TrainError::Config {
-            path: cfg.data.dataset.clone(),
-            message: format!(
-                "{} training rows, fewer than one batch of {}",
-                train_data.len(),
-                t.batch_size
-            ),
-        });
-    }
+    check_one_batch(cfg, train.len(), "training rows")?;
 
-    let out = &t.out_dir;
-    let ckpt_root = out.join("checkpoints");
+    let ckpt_root = t.out_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_root).map_err(|source| TrainError::Io {
         path: ckpt_root.clone(),
         source,
     })?;
-    let seq_len = train_data.seq_len();
-    let shape = RunShape {
-        steps_per_epoch: steps_per_epoch(t.eval_every, t.checkpoint_every),
-        max_steps: t.max_steps,
-        grad_accum: t.grad_accum,
-        tokens_per_step: (t.batch_size * t.grad_accum * (seq_len - 1)) as u64,
-    };
+    let shape = RunShape::new(
+        t.eval_every,
+        t.checkpoint_every,
+        t.max_steps,
+        t.grad_accum,
+        (t.batch_size * t.grad_accum * (train.seq_len() - 1)) as u64,
+    );
     let checkpoints = StepCheckpoints::new(ckpt_root.clone(), shape.clone());
     let saved = checkpoints.steps().map_err(|source| TrainError::Io {
-        path: ckpt_root.clone(),
+        path: ckpt_root,
         source,
     })?;
-    let resumed_from_step = saved.last().copied();
+    let run = Run {
+        cfg,
+        manifest,
+        student_cfg,
+        shape,
+        checkpoints,
+        saved,
+    };
+    Ok((run, Splits { train, valid }))
+}
+
+/// An error unless `rows` (of what `what` names) make at least one batch.
+fn check_one_batch(cfg: &TrainConfig, rows: usize, what: &str) -> Result<(), TrainError> {
+    if rows < cfg.train.batch_size {
+        return Err(TrainError::Config {
+            path: cfg.data.dataset.clone(),
+            message: format!(
+                "{rows} {what}, fewer than one batch of {}",
+                cfg.train.batch_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The step the run starts from: the last checkpoint's, once it is checked to be of the
+/// same model and recipe and readable (its later metric rows are dropped), else 0. Then
+/// the recipe and the student's config are written beside the run.
+fn resume(run: &Run) -> Result<usize, TrainError> {
+    let out = run.out();
     let cfg_path = out.join("student_config.json");
-    if resumed_from_step.is_some() {
-        // A checkpoint of another shape cannot be resumed: say so before touching anything.
+    let recipe_path = out.join("train_config.toml");
+    if let Some(step) = run.resumed_from_step() {
+        // a checkpoint of another shape cannot be resumed: say so before touching anything
         let saved = std::fs::read_to_string(&cfg_path).map_err(|source| TrainError::Io {
             path: cfg_path.clone(),
             source,
@@ -136,7 +194,7 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                 path: cfg_path.clone(),
                 message: e.to_string(),
             })?;
-        if saved != student_cfg {
+        if saved != run.student_cfg {
             return Err(TrainError::Checkpoint {
                 path: cfg_path,
                 message: format!(
@@ -145,28 +203,56 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
                 ),
             });
         }
-    }
-    let recipe_path = out.join("train_config.toml");
-    if resumed_from_step.is_some() && recipe_path.is_file() {
-        let saved = std::fs::read_to_string(&recipe_path).map_err(|source| TrainError::Io {
-            path: recipe_path.clone(),
-            source,
-        })?;
-        for change in recipe_changes(&saved, cfg).map_err(|message| TrainError::Checkpoint {
-            path: recipe_path.clone(),
-            message,
-        })? {
-            eprintln!("resuming with a changed recipe: {change}");
+        if recipe_path.is_file() {
+            let saved = std::fs::read_to_string(&recipe_path).map_err(|source| TrainError::Io {
+                path: recipe_path.clone(),
+                source,
+            })?;
+            let changes =
+                recipe_changes(&saved, run.cfg).map_err(|message| TrainError::Checkpoint {
+                    path: recipe_path.clone(),
+                    message,
+                })?;
+            for change in changes {
+                eprintln!("resuming with a changed recipe: {change}");
+            }
         }
+        let dir = run.checkpoints.dir(step);
+        check_checkpoint(&dir, step)?;
+        truncate_metrics(&out.join("metrics.jsonl"), step)?;
+        eprintln!("resuming from {} (step {step})", dir.display());
     }
     write_file(
-        &out.join("train_config.toml"),
-        toml::to_string_pretty(cfg)
+        &recipe_path,
+        toml::to_string_pretty(run.cfg)
             .expect("config serializes")
             .as_bytes(),
     )?;
-    write_file(&cfg_path, student_cfg.to_string().as_bytes())?;
+    write_file(&cfg_path, run.student_cfg.to_string().as_bytes())?;
+    Ok(run.resumed_from_step().unwrap_or(0))
+}
 
+/// What a launched run hands to [`finish`].
+struct Trained {
+    /// The student after the last step (no autodiff).
+    student: Student,
+    valid: Arc<ValidSet>,
+    start_step: usize,
+    /// Wall time of this invocation's steps.
+    seconds: f64,
+    final_train_loss: f64,
+    onpolicy: Option<Arc<Mutex<OnPolicyStats>>>,
+}
+
+/// Build the student, its feed and burn-train's training, and run the steps from
+/// `start_step` to `train.max_steps`.
+fn launch(
+    run: &Run,
+    splits: Splits,
+    start_step: usize,
+    device: &Device,
+) -> Result<Trained, TrainError> {
+    let (cfg, t, out) = (run.cfg, &run.cfg.train, run.out());
     t.precision
         .apply(device)
         .map_err(|message| TrainError::Config {
@@ -178,110 +264,12 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     let student = match &t.init_from {
         // the checkpoint's weights; its token ids must mean the same as the dataset's
         Some(dir) => {
-            crate::distill::check_model_tokenizer(dir, manifest, &cfg.data.dataset)?;
+            crate::distill::check_model_tokenizer(dir, &run.manifest, &cfg.data.dataset)?;
             ember_student::load_hf(dir, &ad)?.0
         }
-        None => student_cfg.init(&ad),
+        None => run.student_cfg.init(&ad),
     };
-
-    if let Some(step) = resumed_from_step {
-        let dir = checkpoints.dir(step);
-        check_checkpoint(&dir, step)?;
-        truncate_metrics(&out.join("metrics.jsonl"), step)?;
-        eprintln!("resuming from {} (step {step})", dir.display());
-    }
-    let start_step = resumed_from_step.unwrap_or(0);
-
-    let kd = cfg.distill.clone().unwrap_or_default();
-    let prompts = match &cfg.onpolicy {
-        Some(o) => Some(crate::onpolicy::prompts_of(&train_data, o.prompt_tokens)?),
-        None => None,
-    };
-    let (source, valid_teacher, scorer) = build_source(cfg, train_data, device)?;
-    if source.len() < t.batch_size {
-        return Err(TrainError::Config {
-            path: cfg.data.dataset.clone(),
-            message: format!(
-                "{} training rows, fewer than one batch of {}",
-                source.len(),
-                t.batch_size
-            ),
-        });
-    }
-    let distilling = cfg.teacher.is_some();
-    let onpolicy_log = out.join("onpolicy.jsonl");
-    let pipeline = match (&cfg.onpolicy, scorer, prompts) {
-        (Some(o), Some(scorer), Some(prompts)) => {
-            if o.lambda > 0.0 && prompts.len() < t.batch_size {
-                return Err(TrainError::Config {
-                    path: cfg.data.dataset.clone(),
-                    message: format!(
-                        "{} prompts, fewer than one batch of {}",
-                        prompts.len(),
-                        t.batch_size
-                    ),
-                });
-            }
-            // a fresh run drops the log of an earlier attempt in this directory
-            truncate_metrics(&onpolicy_log, start_step)?;
-            let plan = crate::onpolicy::Plan {
-                seed: t.seed,
-                batch_size: t.batch_size,
-                grad_accum: t.grad_accum,
-                lambda: o.lambda,
-                first_step: start_step,
-                max_steps: t.max_steps,
-                max_staleness: o.max_staleness,
-                queue: o.queue,
-                generate: ember_student::GenerateConfig {
-                    max_new_tokens: o.max_new_tokens,
-                    temperature: o.temperature as f32,
-                    top_k: o.top_k,
-                    top_p: o.top_p as f32,
-                    seed: t.seed,
-                    stop_token: Some(manifest.eos_token_id),
-                },
-                k: onpolicy_k(cfg),
-                vocab: manifest.vocab_size,
-            };
-            Some(crate::feed::OnPolicyFeed {
-                pipeline: crate::onpolicy::Pipeline::start(
-                    plan,
-                    prompts,
-                    scorer,
-                    device.clone(),
-                    onpolicy_log.clone(),
-                    (t.batch_size * (seq_len - 1)) as u64,
-                ),
-                objective: o.objective,
-                k: onpolicy_k(cfg),
-            })
-        }
-        _ => None,
-    };
-    let policy = pipeline.as_ref().map(|p| p.pipeline.policy.clone());
-    let onpolicy_stats = pipeline.as_ref().map(|p| p.pipeline.stats.clone());
-    let feed = Arc::new(Mutex::new(TrainFeed::new(
-        source,
-        FeedConfig {
-            batch_size: t.batch_size,
-            grad_accum: t.grad_accum,
-            student_vocab: student_cfg.vocab_size,
-            seed: t.seed,
-            kd,
-            max_steps: t.max_steps,
-            steps_per_epoch: shape.steps_per_epoch,
-            onpolicy_share: cfg.onpolicy.as_ref().map_or(0.0, |o| o.lambda),
-        },
-        start_step,
-        pipeline,
-    )));
-    let valid = Arc::new(ValidSet {
-        data: valid_data,
-        teacher: valid_teacher,
-        batch_size: t.batch_size,
-        student_vocab: student_cfg.vocab_size,
-    });
+    let (feed, valid, pipeline) = build_feed(run, splits, start_step, device)?;
     let metrics_path = out.join("metrics.jsonl");
     if start_step == 0 && t.eval_every > 0 {
         // the starting point of the validation curves
@@ -298,11 +286,11 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
             .expect("template"),
         );
     bar.set_prefix("train");
-    let logger = JsonlLogger::open(
+    let distilling = cfg.teacher.is_some();
+    let mut logger = JsonlLogger::open(
         &metrics_path,
-        shape.clone(),
+        run.shape.clone(),
         t.log_every,
-        (t.warmup_steps, t.lr, t.min_lr),
         distilling,
         bar.clone(),
     )
@@ -311,50 +299,19 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         source,
     })?;
     let last_loss = logger.last_loss.clone();
-    let mut logger = logger;
-    logger.onpolicy = onpolicy_stats.clone();
-    let mut training = SupervisedTraining::<Distiller>::new(
-        out,
-        Arc::new(TrainLoader {
-            feed: feed.clone(),
-            device: ad.clone(),
-        }),
-        Arc::new(ValidLoader {
-            set: valid.clone(),
-            feed,
-            eval_every: t.eval_every,
-            max_batches: t.eval_batches,
-            device: device.clone(),
-        }),
-    )
-    .with_metric_logger(logger)
-    .renderer(Box::new(StepBar::new(bar.clone(), shape.clone())))
-    .with_application_logger(None)
-    .with_custom_checkpointers(
-        checkpoints.part("model"),
-        checkpoints.part("optim"),
-        checkpoints.part("scheduler"),
-    )
-    .with_checkpointing_strategy(EveryNSteps {
-        shape: shape.clone(),
-        every: t.checkpoint_every,
-        keep: t.keep_checkpoints,
-        saved: saved.iter().map(|&s| shape.epoch_of_step(s)).collect(),
-    })
-    .num_epochs(shape.epoch_of_step(t.max_steps));
-    for metric in StatMetric::training(distilling) {
-        training = training.metric_train_numeric(metric);
-    }
-    training = training.metric_train_numeric(TokensPerSecond::default());
-    for metric in StatMetric::validation(distilling) {
-        training = training.metric_valid_numeric(metric);
-    }
-    if t.grad_accum > 1 {
-        training = training.grads_accumulation(t.grad_accum);
-    }
-    if start_step > 0 {
-        training = training.checkpoint(shape.epoch_of_step(start_step));
-    }
+    let onpolicy = pipeline.as_ref().map(|p| p.stats.clone());
+    logger.onpolicy = onpolicy.clone();
+    let training = supervised_training(
+        run,
+        feed,
+        valid.clone(),
+        logger,
+        &bar,
+        start_step,
+        &ad,
+        device,
+    );
+
     let guard = NonFiniteGuard {
         first_step: start_step,
         max_skips: t.max_nonfinite_steps,
@@ -362,22 +319,12 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
         ..NonFiniteGuard::default()
     };
     let mut distiller = Distiller::new(student, t.grad_clip, guard.clone());
+    let policy = pipeline.map(|p| p.policy);
     if let Some(policy) = &policy {
         // the sampler starts from the weights this process starts from: the checkpoint's
         // (burn-train loads them again at launch)
-        if let Some(step) = resumed_from_step {
-            let file = checkpoints.dir(step).join("model.bpk");
-            let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
-                path: file.clone(),
-                source,
-            })?;
-            let record =
-                burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                    .map_err(|e| TrainError::Checkpoint {
-                    path: file,
-                    message: e.to_string(),
-                })?;
-            distiller = distiller.load_record(record);
+        if let Some(step) = run.resumed_from_step() {
+            distiller = distiller.load_record(read_model_record(&run.checkpoints.dir(step))?);
         }
         policy.publish(start_step, distiller.student.valid());
         distiller.clip.policy = Some(policy.clone());
@@ -402,73 +349,257 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
     }
     if let Some(error) = result.error {
         return Err(TrainError::Training {
-            path: out.clone(),
+            path: out.to_path_buf(),
             message: error.to_string(),
         });
     }
     if let Some(message) = guard.stopped.lock().expect("stop reason").take() {
         return Err(TrainError::NonFinite {
-            path: out.clone(),
+            path: out.to_path_buf(),
             message,
         });
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let final_train_loss = *last_loss.lock().expect("last loss");
+    Ok(Trained {
+        student: result.model.student,
+        valid,
+        start_step,
+        seconds: start.elapsed().as_secs_f64(),
+        final_train_loss,
+        onpolicy,
+    })
+}
 
-    let valid_model = result.model.student;
-    let (validation, validation_kd) = valid.evaluate(&valid_model, 0, device);
-    validation.check_finite("final validation")?;
-    log_eval(
-        &metrics_path,
-        t.max_steps,
-        match &onpolicy_stats {
-            Some(s) => s
-                .lock()
-                .expect("on-policy stats")
-                .trained_positions(t.max_steps),
-            None => t.max_steps as u64 * shape.tokens_per_step,
+/// The sampler's side of on-policy distillation, kept by the driver.
+struct OnPolicyHandles {
+    policy: Arc<crate::onpolicy::Policy>,
+    stats: Arc<Mutex<OnPolicyStats>>,
+}
+
+/// The training feed positioned at `start_step` (with the on-policy sampler when the
+/// recipe has one) and the validation set.
+fn build_feed(
+    run: &Run,
+    splits: Splits,
+    start_step: usize,
+    device: &Device,
+) -> Result<
+    (
+        Arc<Mutex<TrainFeed>>,
+        Arc<ValidSet>,
+        Option<OnPolicyHandles>,
+    ),
+    TrainError,
+> {
+    let (cfg, t) = (run.cfg, &run.cfg.train);
+    let seq_len = splits.train.seq_len();
+    let prompts = match &cfg.onpolicy {
+        Some(o) => Some(crate::onpolicy::prompts_of(&splits.train, o.prompt_tokens)?),
+        None => None,
+    };
+    let (source, valid_teacher, scorer) = build_source(cfg, splits.train, device)?;
+    check_one_batch(cfg, source.len(), "training rows")?;
+    let pipeline = match (&cfg.onpolicy, scorer, prompts) {
+        (Some(o), Some(scorer), Some(prompts)) => {
+            if o.lambda > 0.0 {
+                check_one_batch(cfg, prompts.len(), "prompts")?;
+            }
+            // a fresh run drops the log of an earlier attempt in this directory
+            let log = run.out().join("onpolicy.jsonl");
+            truncate_metrics(&log, start_step)?;
+            let plan = crate::onpolicy::Plan {
+                seed: t.seed,
+                batch_size: t.batch_size,
+                grad_accum: t.grad_accum,
+                lambda: o.lambda,
+                first_step: start_step,
+                max_steps: t.max_steps,
+                max_staleness: o.max_staleness,
+                queue: o.queue,
+                generate: ember_student::GenerateConfig {
+                    max_new_tokens: o.max_new_tokens,
+                    temperature: o.temperature as f32,
+                    top_k: o.top_k,
+                    top_p: o.top_p as f32,
+                    seed: t.seed,
+                    stop_token: Some(run.manifest.eos_token_id),
+                },
+                k: onpolicy_k(cfg),
+                vocab: run.manifest.vocab_size,
+            };
+            Some(crate::feed::OnPolicyFeed {
+                pipeline: crate::onpolicy::Pipeline::start(
+                    plan,
+                    prompts,
+                    scorer,
+                    device.clone(),
+                    log,
+                    (t.batch_size * (seq_len - 1)) as u64,
+                ),
+                objective: o.objective,
+                k: onpolicy_k(cfg),
+            })
+        }
+        _ => None,
+    };
+    let handles = pipeline.as_ref().map(|p| OnPolicyHandles {
+        policy: p.pipeline.policy.clone(),
+        stats: p.pipeline.stats.clone(),
+    });
+    let feed = TrainFeed::new(
+        source,
+        FeedConfig {
+            batch_size: t.batch_size,
+            shape: run.shape.clone(),
+            student_vocab: run.student_cfg.vocab_size,
+            seed: t.seed,
+            kd: cfg.distill.clone().unwrap_or_default(),
+            onpolicy_share: cfg.onpolicy.as_ref().map_or(0.0, |o| o.lambda),
         },
+        start_step,
+        pipeline,
+    );
+    let valid = ValidSet {
+        data: splits.valid,
+        teacher: valid_teacher,
+        batch_size: t.batch_size,
+        student_vocab: run.student_cfg.vocab_size,
+    };
+    Ok((Arc::new(Mutex::new(feed)), Arc::new(valid), handles))
+}
+
+/// burn-train's supervised training of the run: its loaders, metrics, `metrics.jsonl`
+/// logger, progress bar, step-numbered checkpoints and gradient accumulation; resumed
+/// from the checkpoint of `start_step` when that is not 0.
+#[allow(clippy::too_many_arguments)]
+fn supervised_training(
+    run: &Run,
+    feed: Arc<Mutex<TrainFeed>>,
+    valid: Arc<ValidSet>,
+    logger: JsonlLogger,
+    bar: &ProgressBar,
+    start_step: usize,
+    ad: &Device,
+    device: &Device,
+) -> SupervisedTraining<Distiller> {
+    let (t, shape) = (&run.cfg.train, &run.shape);
+    let distilling = run.cfg.teacher.is_some();
+    let mut training = SupervisedTraining::<Distiller>::new(
+        run.out(),
+        Arc::new(TrainLoader {
+            feed: feed.clone(),
+            device: ad.clone(),
+        }),
+        Arc::new(ValidLoader {
+            set: valid,
+            feed,
+            eval_every: t.eval_every,
+            max_batches: t.eval_batches,
+            device: device.clone(),
+        }),
+    )
+    .with_metric_logger(logger)
+    .renderer(Box::new(StepBar::new(bar.clone(), shape.clone())))
+    .with_application_logger(None)
+    .with_custom_checkpointers(
+        run.checkpoints.part("model"),
+        run.checkpoints.part("optim"),
+        run.checkpoints.part("scheduler"),
+    )
+    .with_checkpointing_strategy(EveryNSteps {
+        shape: shape.clone(),
+        every: t.checkpoint_every,
+        keep: t.keep_checkpoints,
+        saved: run.saved.iter().map(|&s| shape.epoch_of_step(s)).collect(),
+    })
+    .num_epochs(shape.epoch_of_step(t.max_steps));
+    for metric in StatMetric::training(distilling) {
+        training = training.metric_train_numeric(metric);
+    }
+    training = training
+        .metric_train_numeric(TokensPerSecond::default())
+        .metric_train_numeric(LearningRateMetric::new());
+    for metric in StatMetric::validation(distilling) {
+        training = training.metric_valid_numeric(metric);
+    }
+    if t.grad_accum > 1 {
+        training = training.grads_accumulation(t.grad_accum);
+    }
+    if start_step > 0 {
+        training = training.checkpoint(shape.epoch_of_step(start_step));
+    }
+    training
+}
+
+/// The model record of the checkpoint in `dir`.
+fn read_model_record(dir: &Path) -> Result<burn::store::ModuleRecord, TrainError> {
+    let file = dir.join("model.bpk");
+    let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| {
+        TrainError::Checkpoint {
+            path: file,
+            message: e.to_string(),
+        }
+    })
+}
+
+/// The full validation after the last step, the model in HF layout beside its tokenizer,
+/// and `summary.json`.
+fn finish(run: &Run, trained: Trained, device: &Device) -> Result<TrainSummary, TrainError> {
+    let (cfg, t, out, shape) = (run.cfg, &run.cfg.train, run.out(), &run.shape);
+    let (validation, validation_kd) = trained.valid.evaluate(&trained.student, 0, device);
+    validation.check_finite("final validation")?;
+    // on-policy runs: generated tokens of their on-policy batches, whole rows of the others
+    let (tokens, trained_tokens) = match &trained.onpolicy {
+        Some(stats) => {
+            let s = stats.lock().expect("on-policy stats");
+            let offline = shape
+                .micro_batches_before(t.max_steps - trained.start_step)
+                .saturating_sub(s.batches);
+            (
+                s.trained_positions(t.max_steps),
+                s.generated_tokens + offline as u64 * s.offline_positions,
+            )
+        }
+        None => (
+            shape.tokens_at(t.max_steps),
+            shape.tokens_at(t.max_steps - trained.start_step),
+        ),
+    };
+    log_eval(
+        &out.join("metrics.jsonl"),
+        t.max_steps,
+        tokens,
         &validation,
         validation_kd.as_ref(),
     )?;
     let model_dir = out.join("model");
-    save_hf(&valid_model, &student_cfg, &model_dir, t.save_dtype)?;
-    let tokenizer = cfg.data.dataset.join(&manifest.tokenizer_file);
+    save_hf(&trained.student, &run.student_cfg, &model_dir, t.save_dtype)?;
+    let tokenizer = cfg.data.dataset.join(&run.manifest.tokenizer_file);
     std::fs::copy(&tokenizer, model_dir.join("tokenizer.json")).map_err(|source| {
         TrainError::Io {
             path: tokenizer,
             source,
         }
     })?;
-    // on-policy runs: generated tokens of their on-policy batches, whole rows of the others
-    let (tokens, trained_tokens) = match &onpolicy_stats {
-        Some(stats) => {
-            let s = stats.lock().expect("on-policy stats");
-            let total = s.trained_positions(t.max_steps);
-            let offline = ((t.max_steps - start_step) * t.grad_accum).saturating_sub(s.batches);
-            (
-                total,
-                s.generated_tokens + offline as u64 * s.offline_positions,
-            )
-        }
-        None => (
-            t.max_steps as u64 * shape.tokens_per_step,
-            (t.max_steps - start_step) as u64 * shape.tokens_per_step,
-        ),
-    };
-    let final_train_loss = *last_loss.lock().expect("last loss");
     let summary = TrainSummary {
         steps: t.max_steps,
         tokens,
-        seconds,
-        tokens_per_second: trained_tokens as f64 / seconds.max(1e-9),
-        final_train_loss,
+        seconds: trained.seconds,
+        tokens_per_second: trained_tokens as f64 / trained.seconds.max(1e-9),
+        final_train_loss: trained.final_train_loss,
         validation,
         validation_kd,
-        unigram_validation_perplexity: manifest.unigram.validation_perplexity,
-        num_params: student_cfg.num_params(),
+        unigram_validation_perplexity: run.manifest.unigram.validation_perplexity,
+        num_params: run.student_cfg.num_params(),
         model_dir,
-        resumed_from_step,
-        onpolicy: onpolicy_stats.map(|s| s.lock().expect("on-policy stats").json()),
+        resumed_from_step: run.resumed_from_step(),
+        onpolicy: trained
+            .onpolicy
+            .map(|s| s.lock().expect("on-policy stats").json()),
     };
     write_file(
         &out.join("summary.json"),
@@ -483,15 +614,6 @@ pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainEr
 /// (vLLM's default `--max-logprobs`).
 fn onpolicy_k(cfg: &TrainConfig) -> usize {
     cfg.teacher.as_ref().and_then(|t| t.top_k).unwrap_or(20)
-}
-
-/// Optimizer steps per burn-train epoch: the largest number that divides both the
-/// validation and the checkpoint interval (0 = never validate).
-fn steps_per_epoch(eval_every: usize, checkpoint_every: usize) -> usize {
-    fn gcd(a: usize, b: usize) -> usize {
-        if b == 0 { a } else { gcd(b, a % b) }
-    }
-    gcd(eval_every, checkpoint_every).max(1)
 }
 
 /// Read every record of a checkpoint, so that a damaged one is an error naming its file
@@ -665,19 +787,8 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
-    use super::steps_per_epoch;
     use crate::batches::permutation;
     use crate::lr_at;
-
-    #[test]
-    fn burn_train_epochs_divide_the_validation_and_checkpoint_intervals() {
-        assert_eq!(steps_per_epoch(25, 50), 25);
-        assert_eq!(steps_per_epoch(100, 50), 50);
-        assert_eq!(steps_per_epoch(140, 140), 140);
-        assert_eq!(steps_per_epoch(4, 6), 2);
-        // no validation: epochs are the checkpoint interval
-        assert_eq!(steps_per_epoch(0, 50), 50);
-    }
 
     #[test]
     fn lr_schedule_warms_up_then_decays_to_min() {

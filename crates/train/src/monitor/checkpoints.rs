@@ -81,7 +81,7 @@ impl StepCheckpoints {
         if PARTS.iter().all(|p| tmp.join(format!("{p}.bpk")).is_file()) {
             let state = CheckpointState {
                 step,
-                tokens: step as u64 * self.shape.tokens_per_step,
+                tokens: self.shape.tokens_at(step),
             };
             ember_data::write_atomic_io(
                 &tmp.join("state.json"),

@@ -13,7 +13,6 @@ use burn_train::metric::{MetricDefinition, MetricId, NumericEntry};
 use indicatif::ProgressBar;
 
 use super::shape::RunShape;
-use crate::learner::lr_at;
 
 /// Writes `metrics.jsonl`: a `train` row every `log_every` optimizer steps (means over
 /// the window, weighted by tokens) and a `validation` row after each validation. Also
@@ -23,7 +22,6 @@ pub struct JsonlLogger {
     file: std::fs::File,
     shape: RunShape,
     log_every: usize,
-    schedule: (usize, f64, f64),
     names: HashMap<MetricId, String>,
     distilling: bool,
     bar: ProgressBar,
@@ -31,6 +29,9 @@ pub struct JsonlLogger {
     items: usize,
     window: BTreeMap<String, (f64, f64)>,
     step_loss: (f64, f64),
+    /// The learning rate of the last optimizer step, as burn-train's `LearningRateMetric`
+    /// read it from the scheduler.
+    lr: f64,
     valid: BTreeMap<String, (f64, f64)>,
     started: Instant,
     /// Mean loss of the last optimizer step.
@@ -40,12 +41,13 @@ pub struct JsonlLogger {
 }
 
 impl JsonlLogger {
-    /// `schedule`: warmup steps, peak and minimum learning rate (for the logged `lr`).
+    /// The burn-train metric whose last value per step is logged as `lr`.
+    pub const LR_METRIC: &str = "Learning Rate";
+
     pub fn open(
         path: &Path,
         shape: RunShape,
         log_every: usize,
-        schedule: (usize, f64, f64),
         distilling: bool,
         bar: ProgressBar,
     ) -> std::io::Result<Self> {
@@ -58,7 +60,6 @@ impl JsonlLogger {
             file,
             shape,
             log_every: log_every.max(1),
-            schedule,
             names: HashMap::new(),
             distilling,
             bar,
@@ -66,6 +67,7 @@ impl JsonlLogger {
             items: 0,
             window: BTreeMap::new(),
             step_loss: (0.0, 0.0),
+            lr: f64::NAN,
             valid: BTreeMap::new(),
             started: Instant::now(),
             last_loss: Arc::new(Mutex::new(f64::NAN)),
@@ -125,13 +127,12 @@ impl JsonlLogger {
     fn train_row(&mut self, step: usize) {
         let w = std::mem::take(&mut self.window);
         let loss = Self::mean(&w, "loss").unwrap_or(f64::NAN);
-        let (warmup, peak, min) = self.schedule;
-        let lr = lr_at(step - 1, warmup, self.shape.max_steps, peak, min);
+        let lr = self.lr;
         let grad_norm = Self::mean(&w, "grad_norm").unwrap_or(f64::NAN);
         // rates weighted by the time between steps: tokens over time, validation left out
         let tps = Self::mean(&w, "tokens_per_second").unwrap_or(f64::NAN);
         let mut row = serde_json::json!({
-            "step": step, "split": "train", "tokens": step as u64 * self.shape.tokens_per_step,
+            "step": step, "split": "train", "tokens": self.shape.tokens_at(step),
             "loss": loss, "perplexity": loss.exp(), "lr": lr, "grad_norm": grad_norm,
             "tokens_per_second": tps, "elapsed_seconds": self.started.elapsed().as_secs_f64(),
         });
@@ -175,7 +176,7 @@ impl JsonlLogger {
             return;
         };
         let mut row = serde_json::json!({
-            "step": step, "split": "validation", "tokens": step as u64 * self.shape.tokens_per_step,
+            "step": step, "split": "validation", "tokens": self.shape.tokens_at(step),
             "loss": loss, "perplexity": loss.exp(), "eval_tokens": v["loss"].1 as u64,
         });
         if let Some(stats) = &self.onpolicy {
@@ -215,7 +216,15 @@ impl MetricLogger for JsonlLogger {
                     return;
                 }
                 self.items += 1;
+                let ends_step = self.shape.ends_step(self.items);
                 for (k, (s, w)) in item {
+                    if k == Self::LR_METRIC {
+                        // the rate burn-train's scheduler gave the step this item ends
+                        if ends_step && w > 0.0 {
+                            self.lr = s / w;
+                        }
+                        continue;
+                    }
                     let e = self.window.entry(k.clone()).or_default();
                     e.0 += s;
                     e.1 += w;
@@ -224,9 +233,8 @@ impl MetricLogger for JsonlLogger {
                         self.step_loss.1 += w;
                     }
                 }
-                if self.items % self.shape.grad_accum == 0 {
-                    let step = (epoch - 1) * self.shape.steps_per_epoch
-                        + self.items / self.shape.grad_accum;
+                if ends_step {
+                    let step = self.shape.step_within(epoch, self.items);
                     *self.last_loss.lock().expect("last loss") =
                         self.step_loss.0 / self.step_loss.1.max(1.0);
                     self.step_loss = (0.0, 0.0);

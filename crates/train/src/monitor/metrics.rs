@@ -1,10 +1,12 @@
-//! Ember's numeric metrics for burn-train: running mean/last statistics of the step
-//! outputs (loss, KL, gradient norm, ...) and throughput in tokens per second.
+//! Ember's numeric metrics for burn-train: weighted means of the step outputs (loss, KL,
+//! gradient norm, ...) and throughput in tokens per second, both on burn-train's
+//! `NumericMetricState`. The learning rate is burn-train's own `LearningRateMetric`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::TensorReadError;
+use burn_train::metric::state::{FormatOptions, NumericMetricState};
 use burn_train::metric::{
     Adaptor, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
     NumericEntry, SerializedEntry,
@@ -25,17 +27,14 @@ impl Adaptor<StepStats> for ValidStepOutput {
 }
 
 /// A number read from each step's [`StepStats`], averaged with its weight (tokens or
-/// positions). The names are the keys of `metrics.jsonl`.
+/// positions) by burn-train's own [`NumericMetricState`]. The names are the keys of
+/// `metrics.jsonl`; perplexity there is `exp` of the mean loss, computed by the logger.
 #[derive(Clone)]
 pub struct StatMetric {
     name: MetricName,
     read: fn(&StepStats) -> Option<(f64, usize)>,
-    /// Shown as `exp(mean)` (perplexity from a log-loss).
-    exp: bool,
     higher_is_better: bool,
-    sum: f64,
-    count: usize,
-    current: (f64, usize),
+    state: NumericMetricState,
 }
 
 impl StatMetric {
@@ -43,11 +42,8 @@ impl StatMetric {
         Self {
             name: Arc::new(name.to_string()),
             read,
-            exp: false,
             higher_is_better: false,
-            sum: 0.0,
-            count: 0,
-            current: (f64::NAN, 0),
+            state: NumericMetricState::new(),
         }
     }
 
@@ -56,38 +52,23 @@ impl StatMetric {
         self
     }
 
-    fn exp(mut self) -> Self {
-        self.exp = true;
-        self
-    }
-
-    fn show(&self, v: f64) -> f64 {
-        if self.exp { v.exp() } else { v }
-    }
-
-    /// Total loss, the KD and CE terms, perplexity, top-1 agreement and gradient norm of
-    /// training steps (`distilling` adds the teacher ones).
+    /// Total loss, the KD and CE terms, top-1 agreement and gradient norm of training
+    /// steps (`distilling` adds the teacher ones).
     pub fn training(distilling: bool) -> Vec<StatMetric> {
         let mut m = vec![StatMetric::new("loss", |s| Some((s.loss, s.tokens)))];
         if distilling {
             m.push(StatMetric::new("kd_loss", |s| Some((s.kd?, s.tokens))));
             m.push(StatMetric::new("ce", |s| Some((s.ce?, s.tokens))));
-            m.push(StatMetric::new("perplexity", |s| Some((s.ce?, s.tokens))).exp());
             m.push(StatMetric::new("top1_agreement", |s| s.top1).higher_is_better());
-        } else {
-            m.push(StatMetric::new("perplexity", |s| Some((s.loss, s.tokens))).exp());
         }
         m.push(StatMetric::new("grad_norm", |s| Some((s.grad_norm?, 1))));
         m
     }
 
-    /// Cross-entropy and perplexity on the validation text; KL to the teacher and top-1
-    /// agreement when distilling.
+    /// Cross-entropy on the validation text; KL to the teacher and top-1 agreement when
+    /// distilling.
     pub fn validation(distilling: bool) -> Vec<StatMetric> {
-        let mut m = vec![
-            StatMetric::new("loss", |s| Some((s.loss, s.tokens))),
-            StatMetric::new("perplexity", |s| Some((s.loss, s.tokens))).exp(),
-        ];
+        let mut m = vec![StatMetric::new("loss", |s| Some((s.loss, s.tokens)))];
         if distilling {
             m.push(StatMetric::new("kl_to_teacher", |s| {
                 Some((s.kl?, s.top1?.1))
@@ -96,17 +77,6 @@ impl StatMetric {
         }
         m
     }
-}
-
-fn serialized(current: f64, running: f64, count: usize) -> SerializedEntry {
-    SerializedEntry::new(
-        format!("epoch {running:.4} - batch {current:.4}"),
-        NumericEntry::Aggregated {
-            aggregated_value: current,
-            count,
-        }
-        .serialize(),
-    )
 }
 
 impl Metric for StatMetric {
@@ -131,64 +101,45 @@ impl Metric for StatMetric {
     ) -> Result<SerializedEntry, TensorReadError> {
         // a step without this number (a micro-batch that ends no optimizer step, for the
         // gradient norm) reports a zero weight, which averages leave out
-        self.current = match (self.read)(item) {
-            Some((v, n)) => (v, n),
-            None => (self.current.0, 0),
-        };
-        self.sum += self.current.0 * self.current.1 as f64;
-        self.count += self.current.1;
-        Ok(serialized(
-            self.show(self.current.0),
-            self.show(self.sum / self.count.max(1) as f64),
-            self.current.1,
-        ))
+        let (v, n) = (self.read)(item).unwrap_or((f64::NAN, 0));
+        self.state.update(v, n);
+        Ok(self
+            .state
+            .compute_update(FormatOptions::new(self.name()).precision(4)))
     }
 
     fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
-        let v = self.show(self.sum / self.count.max(1) as f64);
-        Ok(SerializedEntry::new(
-            format!("{v:.4}"),
-            NumericEntry::Final(v).serialize(),
-        ))
+        Ok(self
+            .state
+            .compute_final(FormatOptions::new(self.name()).precision(4)))
     }
 
     fn clear(&mut self) {
-        self.sum = 0.0;
-        self.count = 0;
-        self.current = (f64::NAN, 0);
+        self.state.reset()
     }
 }
 
 impl Numeric for StatMetric {
     fn value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Aggregated {
-            aggregated_value: self.show(self.current.0),
-            count: self.current.1,
-        })
+        Some(self.state.current_value())
     }
 
     fn running_value(&self) -> Option<NumericEntry> {
-        (self.count > 0).then(|| NumericEntry::Aggregated {
-            aggregated_value: self.show(self.sum / self.count as f64),
-            count: self.count,
-        })
+        Some(self.state.running_value())
     }
 
     fn final_value(&self) -> NumericEntry {
-        NumericEntry::Final(self.show(self.sum / self.count.max(1) as f64))
+        self.state.final_value()
     }
 }
 
 /// Training tokens per second, from the time between consecutive micro-batches (the first of
 /// each burn-train epoch has no predecessor and weight 0, so validation time is left out).
+/// Each rate is weighted by its microseconds, so the running mean is tokens over time.
 #[derive(Clone, Default)]
 pub struct TokensPerSecond {
     last: Option<Instant>,
-    tokens: f64,
-    seconds: f64,
-    current: f64,
-    /// Microseconds since the previous micro-batch (the weight of `current`).
-    current_micros: usize,
+    state: NumericMetricState,
 }
 
 impl Metric for TokensPerSecond {
@@ -211,30 +162,20 @@ impl Metric for TokensPerSecond {
         item: &StepStats,
         _metadata: &MetricMetadata,
     ) -> Result<SerializedEntry, TensorReadError> {
-        let mut micros = 0;
-        if let (Some(last), Some(now)) = (self.last, item.done_at) {
-            let dt = now.duration_since(last).as_secs_f64();
-            micros = (dt * 1e6) as usize;
-            self.current = item.tokens as f64 / dt.max(1e-9);
-            self.tokens += item.tokens as f64;
-            self.seconds += dt;
-        }
+        let (rate, micros) = match (self.last, item.done_at) {
+            (Some(last), Some(now)) => {
+                let dt = now.duration_since(last).as_secs_f64();
+                (item.tokens as f64 / dt.max(1e-9), (dt * 1e6) as usize)
+            }
+            _ => (f64::NAN, 0),
+        };
         self.last = item.done_at;
-        self.current_micros = micros;
-        // weighted by time, the mean of the rates is total tokens over total time
-        Ok(serialized(
-            self.current,
-            self.tokens / self.seconds.max(1e-9),
-            micros,
-        ))
+        self.state.update(rate, micros);
+        Ok(self.state.compute_update(self.format()))
     }
 
     fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
-        let v = self.tokens / self.seconds.max(1e-9);
-        Ok(SerializedEntry::new(
-            format!("{v:.0}"),
-            NumericEntry::Final(v).serialize(),
-        ))
+        Ok(self.state.compute_final(self.format()))
     }
 
     fn clear(&mut self) {
@@ -242,19 +183,22 @@ impl Metric for TokensPerSecond {
     }
 }
 
+impl TokensPerSecond {
+    fn format(&self) -> FormatOptions {
+        FormatOptions::new(self.name()).unit("tok/s").precision(0)
+    }
+}
+
 impl Numeric for TokensPerSecond {
     fn value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Aggregated {
-            aggregated_value: self.current,
-            count: self.current_micros,
-        })
+        Some(self.state.current_value())
     }
 
     fn running_value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Value(self.tokens / self.seconds.max(1e-9)))
+        Some(self.state.running_value())
     }
 
     fn final_value(&self) -> NumericEntry {
-        NumericEntry::Final(self.tokens / self.seconds.max(1e-9))
+        self.state.final_value()
     }
 }

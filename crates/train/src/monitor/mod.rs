@@ -9,7 +9,7 @@ mod metrics;
 mod progress;
 mod shape;
 
-pub use checkpoints::{CheckpointState, EveryNSteps, StepCheckpointPart, StepCheckpoints};
+pub use checkpoints::{CheckpointState, EveryNSteps, StepCheckpoints};
 pub use jsonl::JsonlLogger;
 pub use metrics::{StatMetric, TokensPerSecond};
 pub use progress::StepBar;

@@ -48,8 +48,7 @@ impl TrainingProgressLogger for StepBar {
     }
     fn update_split(&mut self, items_processed: usize) {
         if self.training {
-            let step = (self.epoch - 1) * self.shape.steps_per_epoch
-                + items_processed / self.shape.grad_accum;
+            let step = self.shape.step_within(self.epoch, items_processed);
             self.bar.set_position(step as u64);
         }
     }
