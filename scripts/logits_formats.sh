@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cargo_env.sh
-cargo build --locked --bin ember   # the dev profile is optimized (Cargo.toml)
-EMBER=$CARGO_TARGET_DIR/debug/ember
+# EMBER=<binary> uses a build already made (e.g. the test profile's $CARGO_TARGET_DIR/debug/ember)
+if [[ -z ${EMBER:-} ]]; then
+  cargo build --locked --bin ember   # the dev profile is optimized (Cargo.toml)
+  EMBER=$CARGO_TARGET_DIR/debug/ember
+fi
 TEACHER=${1:-checkpoints/tiny/model}
 OUT=${2:-reports/logits-formats}
 mkdir -p "$OUT"
@@ -28,6 +31,12 @@ declare -A SETTINGS=(
   [v2-step1_8-mass0.9]="--logprob-step 0.125 --mass 0.9"
   [v2-step1_8-mass0.5]="--logprob-step 0.125 --mass 0.5"
 )
+# EMBER_LOGITS_SETTINGS="v2-step1_8 v2-step1_8-mass0.9" runs only those settings
+if [[ -n ${EMBER_LOGITS_SETTINGS:-} ]]; then
+  for name in "${!SETTINGS[@]}"; do
+    [[ " $EMBER_LOGITS_SETTINGS " == *" $name "* ]] || unset "SETTINGS[$name]"
+  done
+fi
 for name in "${!SETTINGS[@]}"; do
   [[ -f $L/$name/logits.json ]] ||
     $EMBER logits convert --from "$L/v1-train" --out "$L/$name" --format v2 ${SETTINGS[$name]}
