@@ -164,12 +164,9 @@ fn last_validation_loss(dir: &std::path::Path, backend: &[&str], precision: &str
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .rev()
-        .find(|r| r.get("validation_loss").is_some() || r["split"] == "validation")
+        .find(|r| r["split"] == "validation")
         .unwrap();
-    row.get("validation_loss")
-        .or(row.get("loss"))
-        .and_then(|x| x.as_f64())
-        .unwrap()
+    row["loss"].as_f64().unwrap()
 }
 
 /// bf16 against f32 on one backend: finite, learns, and lands near the f32 run (the attention

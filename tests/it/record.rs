@@ -236,6 +236,21 @@ fn an_interrupted_recording_resumes_without_duplicates() {
         err.contains("train-00000.arrow") && err.contains("other settings"),
         "{err}"
     );
+    // each setting that must be positive is named; a NaN temperature is refused too
+    for (flag, value, named) in [
+        ("--top-k", "0", "top-k: must be positive"),
+        ("--batch-size", "0", "batch size: must be positive"),
+        ("--temperature", "0", "temperature: must be positive"),
+        ("--temperature", "NaN", "temperature: must be positive"),
+    ] {
+        let mut bad = args.clone();
+        match bad.iter().position(|a| *a == flag) {
+            Some(i) => bad[i + 1] = value,
+            None => bad.extend([flag, value]),
+        }
+        let err = ember_err(dir.path(), &bad);
+        assert!(err.contains(named), "{flag} {value}: {err}");
+    }
 }
 
 #[test]

@@ -503,6 +503,10 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
                  report: &mut ExportReport|
      -> Result<(), TeacherError> {
         let path = cfg.out.join(format!("data_{}.parquet", report.files));
+        let fail = |message: String| TeacherError::DistillKit {
+            path: path.clone(),
+            message,
+        };
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
@@ -511,28 +515,16 @@ pub fn export_distillkit(cfg: &ExportConfig) -> Result<ExportReport, TeacherErro
                 Arc::new(idx_b.finish()),
             ],
         )
-        .map_err(|e| TeacherError::DistillKit {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| fail(e.to_string()))?;
         let mut buf = Vec::new();
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
             .build();
         let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
             .and_then(|mut w| w.write(&batch).map(|_| w))
-            .map_err(|e| TeacherError::DistillKit {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        w.flush().map_err(|e| TeacherError::DistillKit {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        w.close().map_err(|e| TeacherError::DistillKit {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+            .map_err(|e| fail(e.to_string()))?;
+        w.flush().map_err(|e| fail(e.to_string()))?;
+        w.close().map_err(|e| fail(e.to_string()))?;
         ember_data::write_atomic(&path, &buf)?;
         report.files += 1;
         report.bytes += buf.len() as u64;

@@ -222,11 +222,21 @@ pub fn record(
     source: &mut dyn LogitSource,
     cfg: &RecordConfig,
 ) -> Result<LogitsManifest, TeacherError> {
-    if cfg.k == 0 || cfg.batch_size == 0 || cfg.shard_rows == 0 || cfg.temperature <= 0.0 {
-        return Err(TeacherError::Setting {
-            setting: "record",
-            message: "top-k, batch size, shard rows and temperature must be positive".into(),
-        });
+    for (setting, positive) in [
+        ("top-k", cfg.k > 0),
+        ("batch size", cfg.batch_size > 0),
+        ("shard rows", cfg.shard_rows > 0),
+        (
+            "temperature",
+            cfg.temperature > 0.0 && cfg.temperature.is_finite(),
+        ),
+    ] {
+        if !positive {
+            return Err(TeacherError::Setting {
+                setting,
+                message: "must be positive (and finite)".into(),
+            });
+        }
     }
     if let LogitsCodec::Compact(c) = &cfg.codec {
         c.validate().map_err(|message| TeacherError::Setting {

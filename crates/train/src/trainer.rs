@@ -61,8 +61,8 @@ pub struct TrainSummary {
 /// checkpoint if there is one, launch burn-train, then validate and save.
 pub fn train(cfg: &TrainConfig, device: &Device) -> Result<TrainSummary, TrainError> {
     let (run, data) = prepare(cfg)?;
-    let start_step = resume(&run)?;
-    let trained = launch(&run, data, start_step, device)?;
+    resume(&run)?;
+    let trained = launch(&run, data, device)?;
     finish(&run, trained, device)
 }
 
@@ -91,6 +91,11 @@ impl Run<'_> {
 
     fn resumed_from_step(&self) -> Option<usize> {
         self.saved.last().copied()
+    }
+
+    /// The optimizer step this invocation starts from.
+    fn start_step(&self) -> usize {
+        self.resumed_from_step().unwrap_or(0)
     }
 }
 
@@ -176,10 +181,10 @@ fn check_one_batch(cfg: &TrainConfig, rows: usize, what: &str) -> Result<(), Tra
     Ok(())
 }
 
-/// The step the run starts from: the last checkpoint's, once it is checked to be of the
-/// same model and recipe and readable (its later metric rows are dropped), else 0. Then
-/// the recipe and the student's config are written beside the run.
-fn resume(run: &Run) -> Result<usize, TrainError> {
+/// Check that the last checkpoint, if any, is of the same model and recipe and readable (its
+/// later metric rows are dropped); then write the recipe and the student's config beside
+/// the run.
+fn resume(run: &Run) -> Result<(), TrainError> {
     let out = run.out();
     let cfg_path = out.join("student_config.json");
     let recipe_path = out.join("train_config.toml");
@@ -228,8 +233,7 @@ fn resume(run: &Run) -> Result<usize, TrainError> {
             .expect("config serializes")
             .as_bytes(),
     )?;
-    write_file(&cfg_path, run.student_cfg.to_string().as_bytes())?;
-    Ok(run.resumed_from_step().unwrap_or(0))
+    write_file(&cfg_path, run.student_cfg.to_string().as_bytes())
 }
 
 /// What a launched run hands to [`finish`].
@@ -237,7 +241,6 @@ struct Trained {
     /// The student after the last step (no autodiff).
     student: Student,
     valid: Arc<ValidSet>,
-    start_step: usize,
     /// Wall time of this invocation's steps.
     seconds: f64,
     final_train_loss: f64,
@@ -245,14 +248,10 @@ struct Trained {
 }
 
 /// Build the student, its feed and burn-train's training, and run the steps from
-/// `start_step` to `train.max_steps`.
-fn launch(
-    run: &Run,
-    splits: Splits,
-    start_step: usize,
-    device: &Device,
-) -> Result<Trained, TrainError> {
+/// the run's start step to `train.max_steps`.
+fn launch(run: &Run, splits: Splits, device: &Device) -> Result<Trained, TrainError> {
     let (cfg, t, out) = (run.cfg, &run.cfg.train, run.out());
+    let start_step = run.start_step();
     t.precision
         .apply(device)
         .map_err(|message| TrainError::Config {
@@ -269,7 +268,7 @@ fn launch(
         }
         None => run.student_cfg.init(&ad),
     };
-    let (feed, valid, pipeline) = build_feed(run, splits, start_step, device)?;
+    let (feed, valid, pipeline) = build_feed(run, splits, device)?;
     let metrics_path = out.join("metrics.jsonl");
     if start_step == 0 && t.eval_every > 0 {
         // the starting point of the validation curves
@@ -301,16 +300,7 @@ fn launch(
     let last_loss = logger.last_loss.clone();
     let onpolicy = pipeline.as_ref().map(|p| p.stats.clone());
     logger.onpolicy = onpolicy.clone();
-    let training = supervised_training(
-        run,
-        feed,
-        valid.clone(),
-        logger,
-        &bar,
-        start_step,
-        &ad,
-        device,
-    );
+    let training = supervised_training(run, feed, valid.clone(), logger, &bar, &ad, device);
 
     let guard = NonFiniteGuard {
         first_step: start_step,
@@ -363,7 +353,6 @@ fn launch(
     Ok(Trained {
         student: result.model.student,
         valid,
-        start_step,
         seconds: start.elapsed().as_secs_f64(),
         final_train_loss,
         onpolicy,
@@ -376,12 +365,11 @@ struct OnPolicyHandles {
     stats: Arc<Mutex<OnPolicyStats>>,
 }
 
-/// The training feed positioned at `start_step` (with the on-policy sampler when the
+/// The training feed positioned at the run's start step (with the on-policy sampler when the
 /// recipe has one) and the validation set.
 fn build_feed(
     run: &Run,
     splits: Splits,
-    start_step: usize,
     device: &Device,
 ) -> Result<
     (
@@ -392,6 +380,7 @@ fn build_feed(
     TrainError,
 > {
     let (cfg, t) = (run.cfg, &run.cfg.train);
+    let start_step = run.start_step();
     let seq_len = splits.train.seq_len();
     let prompts = match &cfg.onpolicy {
         Some(o) => Some(crate::onpolicy::prompts_of(&splits.train, o.prompt_tokens)?),
@@ -470,7 +459,7 @@ fn build_feed(
 
 /// burn-train's supervised training of the run: its loaders, metrics, `metrics.jsonl`
 /// logger, progress bar, step-numbered checkpoints and gradient accumulation; resumed
-/// from the checkpoint of `start_step` when that is not 0.
+/// from the last checkpoint when there is one.
 #[allow(clippy::too_many_arguments)]
 fn supervised_training(
     run: &Run,
@@ -478,7 +467,6 @@ fn supervised_training(
     valid: Arc<ValidSet>,
     logger: JsonlLogger,
     bar: &ProgressBar,
-    start_step: usize,
     ad: &Device,
     device: &Device,
 ) -> SupervisedTraining<Distiller> {
@@ -525,8 +513,8 @@ fn supervised_training(
     if t.grad_accum > 1 {
         training = training.grads_accumulation(t.grad_accum);
     }
-    if start_step > 0 {
-        training = training.checkpoint(shape.epoch_of_step(start_step));
+    if let Some(step) = run.resumed_from_step() {
+        training = training.checkpoint(shape.epoch_of_step(step));
     }
     training
 }
@@ -557,7 +545,7 @@ fn finish(run: &Run, trained: Trained, device: &Device) -> Result<TrainSummary, 
         Some(stats) => {
             let s = stats.lock().expect("on-policy stats");
             let offline = shape
-                .micro_batches_before(t.max_steps - trained.start_step)
+                .micro_batches_before(t.max_steps - run.start_step())
                 .saturating_sub(s.batches);
             (
                 s.trained_positions(t.max_steps),
@@ -566,7 +554,7 @@ fn finish(run: &Run, trained: Trained, device: &Device) -> Result<TrainSummary, 
         }
         None => (
             shape.tokens_at(t.max_steps),
-            shape.tokens_at(t.max_steps - trained.start_step),
+            shape.tokens_at(t.max_steps - run.start_step()),
         ),
     };
     log_eval(

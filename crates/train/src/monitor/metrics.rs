@@ -119,19 +119,26 @@ impl Metric for StatMetric {
     }
 }
 
-impl Numeric for StatMetric {
-    fn value(&self) -> Option<NumericEntry> {
-        Some(self.state.current_value())
-    }
+/// `Numeric` for a metric whose numbers live in its `state: NumericMetricState`.
+macro_rules! numeric_from_state {
+    ($($metric:ty),*) => {$(
+        impl Numeric for $metric {
+            fn value(&self) -> Option<NumericEntry> {
+                Some(self.state.current_value())
+            }
 
-    fn running_value(&self) -> Option<NumericEntry> {
-        Some(self.state.running_value())
-    }
+            fn running_value(&self) -> Option<NumericEntry> {
+                Some(self.state.running_value())
+            }
 
-    fn final_value(&self) -> NumericEntry {
-        self.state.final_value()
-    }
+            fn final_value(&self) -> NumericEntry {
+                self.state.final_value()
+            }
+        }
+    )*};
 }
+
+numeric_from_state!(StatMetric, TokensPerSecond);
 
 /// Training tokens per second, from the time between consecutive micro-batches (the first of
 /// each burn-train epoch has no predecessor and weight 0, so validation time is left out).
@@ -186,19 +193,5 @@ impl Metric for TokensPerSecond {
 impl TokensPerSecond {
     fn format(&self) -> FormatOptions {
         FormatOptions::new(self.name()).unit("tok/s").precision(0)
-    }
-}
-
-impl Numeric for TokensPerSecond {
-    fn value(&self) -> Option<NumericEntry> {
-        Some(self.state.current_value())
-    }
-
-    fn running_value(&self) -> Option<NumericEntry> {
-        Some(self.state.running_value())
-    }
-
-    fn final_value(&self) -> NumericEntry {
-        self.state.final_value()
     }
 }
