@@ -7,9 +7,13 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, IndexingUpdateOp};
 
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::blas::blas;
 use crate::weights::LazyTensor;
@@ -113,6 +117,18 @@ impl Linear {
         }
     }
 
+    /// `x W + b` of host rows `x: [n, in]` when the weight is on the host (BLAS), else `None`.
+    fn forward_host(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
+        let LinearWeight::Host { data, dims, .. } = &self.weight else {
+            return None;
+        };
+        if self.bias.is_some() {
+            return None;
+        }
+        let blas = blas()?;
+        Some(blas.matmul(x, data, n, dims[0], dims[1]))
+    }
+
     /// `x: [n, in] -> [n, out]`
     pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         let y = self.product(x);
@@ -165,6 +181,9 @@ impl RmsNorm {
 
     /// Normalise over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if x.dtype() == DType::F32 && x.device() == Device::flex() {
+            return self.forward_host(x);
+        }
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
         let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
@@ -173,6 +192,37 @@ impl RmsNorm {
             return (x / rms * scale.unsqueeze::<D>()).cast(dtype);
         }
         (x / rms).cast(dtype) * self.weight.clone().unsqueeze::<D>()
+    }
+}
+
+impl RmsNorm {
+    /// Float32 on the CPU: one pass per row over rayon's pool instead of six tensor ops
+    /// (the same arithmetic: `x / sqrt(mean(x^2) + eps)` times the weight, or `1 + w`).
+    fn forward_host<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let device = x.device();
+        let d = dims[D - 1];
+        let mut v = x.into_data().try_into_vec::<f32>().expect("float32 rows");
+        let mut w = self
+            .weight
+            .clone()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("float norm weight");
+        if self.centred {
+            w.iter_mut().for_each(|w| *w += 1.0);
+        }
+        let eps = self.eps as f32;
+        let rows = (16 * 1024 / d.max(1)).max(1);
+        v.par_chunks_mut(rows * d).for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(d) {
+                let rms = (row.iter().map(|a| a * a).sum::<f32>() / d as f32 + eps).sqrt();
+                for (a, &w) in row.iter_mut().zip(&w) {
+                    *a = *a / rms * w;
+                }
+            }
+        });
+        Tensor::from_data(TensorData::new(v, dims), &device)
     }
 }
 
@@ -239,8 +289,9 @@ pub fn attention_mask(
     mask
 }
 
-/// Eager causal attention, `q: [b, h, tq, dq]`, `k: [b, h, tk, dq]`, `v: [b, h, tk, dv]`,
-/// masked as [`attention_mask`] says. Softmax in float32.
+/// Causal attention, `q: [b, h, tq, dq]`, `k: [b, hkv, tk, dq]`, `v: [b, hkv, tk, dv]`
+/// (`hkv` divides `h`: each key/value head serves `h / hkv` query heads), masked as
+/// [`attention_mask`] says. Softmax in float32.
 pub fn causal_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -251,7 +302,12 @@ pub fn causal_attention(
 ) -> Tensor<4> {
     let [b, _, t, _] = q.dims();
     let tk = k.dims()[2];
-    if t == 1 && pad.is_none() && window.is_none_or(|w| w >= tk) {
+    let plain = pad.is_none() && window.is_none_or(|w| w >= tk);
+    if plain && fused(&q) {
+        // Burn's own kernel masks causally (queries are the last `t` of `tk` positions)
+        return fused_attention(q, k, v, scale, None, t > 1);
+    }
+    if t == 1 && plain {
         // one decoding step: the last position sees every cached key
         return masked_attention(q, k, v, scale, None);
     }
@@ -260,7 +316,8 @@ pub fn causal_attention(
 }
 
 /// `softmax(q k^T * scale, masked) v`, the mask `[b, 1, tq, tk]` (true = masked) broadcast
-/// over heads. Softmax in float32.
+/// over heads; keys and values may have fewer heads than the queries (grouped-query
+/// attention). Softmax in float32.
 pub fn masked_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -268,7 +325,12 @@ pub fn masked_attention(
     scale: f64,
     mask: Option<Tensor<4, Bool>>,
 ) -> Tensor<4> {
+    if fused(&q) {
+        return fused_attention(q, k, v, scale, mask, false);
+    }
     let [b, h, t, _] = q.dims();
+    let groups = h / k.dims()[1];
+    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
     let tk = k.dims()[2];
     let dtype = q.dtype();
     let scores = q
@@ -280,6 +342,31 @@ pub fn masked_attention(
         None => scores,
     };
     softmax(scores, 3).cast(dtype).matmul(v)
+}
+
+/// Whether attention over `q` runs through Burn's fused kernel: float32 on the CPU (flex),
+/// where it computes the scores, the softmax and the product per head in parallel with
+/// no score tensor in between (the same numbers as the composed path within float32
+/// rounding, tested against transformers). Other devices and bf16 compose the ops as
+/// transformers' eager attention does (bf16 scores, float32 softmax).
+fn fused(q: &Tensor<4>) -> bool {
+    q.dtype() == DType::F32 && q.device() == Device::flex()
+}
+
+fn fused_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    mask: Option<Tensor<4, Bool>>,
+    is_causal: bool,
+) -> Tensor<4> {
+    let options = AttentionModuleOptions {
+        scale: Some(scale),
+        softcap: None,
+        is_causal,
+    };
+    attention(q, k, v, mask, None, options)
 }
 
 /// HF's names of the SwiGLU projections (gate, up, down).
@@ -319,9 +406,45 @@ impl Mlp {
 
     /// `x: [n, hidden]`
     pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
+        if let Some(rows) = host_rows(&x) {
+            let [n, d] = x.dims();
+            if let Some(y) = self.forward_host(&rows, n) {
+                return Tensor::from_data(TensorData::new(y, [n, d]), &x.device());
+            }
+        }
         self.down
             .forward_rows(silu(self.gate.forward_rows(x.clone())) * self.up.forward_rows(x))
     }
+
+    /// The same on host rows `x: [n, hidden]`, when all three weights are on the host
+    /// (BLAS): two products, `silu(g) * u` in one pass over rayon's pool, the third product.
+    fn forward_host(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
+        let mut g = self.gate.forward_host(x, n)?;
+        let u = self.up.forward_host(x, n)?;
+        swiglu_in_place(&mut g, &u);
+        self.down.forward_host(&g, n)
+    }
+}
+
+/// `g = silu(g) * u` element-wise (`silu(x) = x / (1 + e^-x)`, as Burn computes it).
+fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
+    const CHUNK: usize = 16 * 1024;
+    g.par_chunks_mut(CHUNK)
+        .zip(u.par_chunks(CHUNK))
+        .for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+}
+
+/// The float32 values of `x` on the host, when the teacher multiplies on the host: BLAS in
+/// use and `x` float32 on the CPU (flex) device.
+fn host_rows(x: &Tensor<2>) -> Option<Vec<f32>> {
+    if blas().is_none() || x.dtype() != DType::F32 || x.device() != Device::flex() {
+        return None;
+    }
+    x.clone().into_data().try_into_vec::<f32>().ok()
 }
 
 /// A routed expert: in memory, or left in the checkpoint file and read each time tokens
@@ -368,6 +491,24 @@ impl Expert {
         Self::load_named(w, prefix, MLP_NAMES, hidden, inter)
     }
 
+    /// `x: [m, hidden]` host rows -> `[m, hidden]`, when the expert's products run on the
+    /// host (BLAS); `None` otherwise.
+    fn forward_host(&self, x: Vec<f32>, m: usize) -> Option<Vec<f32>> {
+        match self {
+            Expert::Loaded(mlp) => mlp.forward_host(&x, m),
+            Expert::Identity => Some(x),
+            Expert::Streamed { gate, up, down } => {
+                let linear = |w: &LazyTensor| Linear::new(w.load().transpose(), None);
+                Mlp {
+                    gate: linear(gate),
+                    up: linear(up),
+                    down: linear(down),
+                }
+                .forward_host(&x, m)
+            }
+        }
+    }
+
     /// `x: [n, hidden]`
     pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
@@ -403,6 +544,11 @@ pub fn dispatch_experts(x: Tensor<2>, experts: &[Expert], routing: &Routing) -> 
             per_expert[e].1.push(w);
         }
     }
+    if let Some(rows) = host_rows(&x)
+        && let Some(out) = dispatch_on_host(&rows, d, experts, &per_expert)
+    {
+        return Tensor::from_data(TensorData::new(out, [n, d]), &device);
+    }
     let mut out = Tensor::<2>::zeros([n, d], (&device, x.dtype()));
     for (expert, (tokens, weights)) in experts.iter().zip(per_expert) {
         if tokens.is_empty() {
@@ -415,6 +561,47 @@ pub fn dispatch_experts(x: Tensor<2>, experts: &[Expert], routing: &Routing) -> 
         out = out.select_assign(0, idx, y, IndexingUpdateOp::Add);
     }
     out
+}
+
+/// [`dispatch_experts`] on host rows `x: [n, d]` when every expert multiplies on the host:
+/// gather each expert's tokens, its three products, and the weighted sum into the output
+/// in expert order (the order of the device path, so the same sums). `None` (before any
+/// work) when an expert's weights are not on the host.
+fn dispatch_on_host(
+    x: &[f32],
+    d: usize,
+    experts: &[Expert],
+    per_expert: &[(Vec<i32>, Vec<f32>)],
+) -> Option<Vec<f32>> {
+    let on_host = |e: &Expert| match e {
+        Expert::Loaded(mlp) => [&mlp.gate, &mlp.up, &mlp.down]
+            .iter()
+            .all(|l| matches!(l.weight, LinearWeight::Host { .. }) && l.bias.is_none()),
+        // read as float32 host weights when routed (`x` is float32 on the CPU here)
+        Expert::Identity | Expert::Streamed { .. } => true,
+    };
+    if !experts.iter().all(on_host) {
+        return None;
+    }
+    let mut out = vec![0f32; x.len()];
+    for (expert, (tokens, weights)) in experts.iter().zip(per_expert) {
+        if tokens.is_empty() {
+            continue;
+        }
+        let m = tokens.len();
+        let mut rows = Vec::with_capacity(m * d);
+        for &t in tokens {
+            rows.extend_from_slice(&x[t as usize * d..(t as usize + 1) * d]);
+        }
+        let y = expert.forward_host(rows, m)?;
+        for ((&t, &w), y) in tokens.iter().zip(weights).zip(y.chunks_exact(d)) {
+            let o = &mut out[t as usize * d..(t as usize + 1) * d];
+            for (o, &y) in o.iter_mut().zip(y) {
+                *o += y * w;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Read a small 2-D tensor to host rows.

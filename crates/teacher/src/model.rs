@@ -13,7 +13,7 @@ use crate::delta_net::{DeltaState, GatedDeltaNet};
 use crate::dsa::Indexer;
 use crate::layers::{
     Expert, Linear, Mlp, RmsNorm, Routing, apply_rope, apply_rope_interleaved, attention_mask,
-    causal_attention, dispatch_experts, masked_attention, repeat_kv, to_rows,
+    causal_attention, dispatch_experts, masked_attention, to_rows,
 };
 use crate::rope::Rope;
 use crate::{Arch, HfConfig};
@@ -362,8 +362,8 @@ impl StandardAttention {
         let scale = 1.0 / (hd as f64).sqrt();
         let y = causal_attention(
             q,
-            repeat_kv(k, nh / nkv),
-            repeat_kv(v, nh / nkv),
+            k,
+            v,
             scale,
             ctx.pad,
             self.sliding_window,
