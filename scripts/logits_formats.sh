@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Logits format v1 vs v2 settings on one teacher, one run: bytes/token, the v2 encoding error
+# Logits format v1 vs v2/v3 settings on one teacher, one run: bytes/token, the v2/v3 encoding error
 # and the validation perplexity of a nano student distilled from each (configs/distill-tiny.toml,
 # 150 steps x 16 x 256 tokens, forward KL over the top-64 + tail, CE weight 0.5).
 # Usage: bash scripts/logits_formats.sh [teacher dir, default checkpoints/tiny/model] [out dir]
@@ -24,12 +24,15 @@ $EMBER record --teacher "$TEACHER" --data datasets/default --split validation --
 # (adaptive k: --mass keeps the fewest entries per position whose mass reaches it; it pays on
 # peaked teachers)
 declare -A SETTINGS=(
-  [v2-step1_16]="--logprob-step 0.0625"
-  [v2-step1_8]="--logprob-step 0.125"
-  [v2-step1_4]="--logprob-step 0.25"
-  [v2-step1_8-mass0.99]="--logprob-step 0.125 --mass 0.99"
-  [v2-step1_8-mass0.9]="--logprob-step 0.125 --mass 0.9"
-  [v2-step1_8-mass0.5]="--logprob-step 0.125 --mass 0.5"
+  [v2-step1_16]="--format v2 --logprob-step 0.0625"
+  [v2-step1_8]="--format v2 --logprob-step 0.125"
+  [v2-step1_4]="--format v2 --logprob-step 0.25"
+  [v2-step1_8-mass0.99]="--format v2 --logprob-step 0.125 --mass 0.99"
+  [v2-step1_8-mass0.9]="--format v2 --logprob-step 0.125 --mass 0.9"
+  [v2-step1_8-mass0.5]="--format v2 --logprob-step 0.125 --mass 0.5"
+  [v3-step1_16]="--format v3 --logprob-step 0.0625"
+  [v3-step1_8]="--format v3 --logprob-step 0.125"
+  [v3-step1_8-mass0.5]="--format v3 --logprob-step 0.125 --mass 0.5"
 )
 # EMBER_LOGITS_SETTINGS="v2-step1_8 v2-step1_8-mass0.9" runs only those settings
 if [[ -n ${EMBER_LOGITS_SETTINGS:-} ]]; then
@@ -39,7 +42,7 @@ if [[ -n ${EMBER_LOGITS_SETTINGS:-} ]]; then
 fi
 for name in "${!SETTINGS[@]}"; do
   [[ -f $L/$name/logits.json ]] ||
-    $EMBER logits convert --from "$L/v1-train" --out "$L/$name" --format v2 ${SETTINGS[$name]}
+    $EMBER logits convert --from "$L/v1-train" --out "$L/$name" ${SETTINGS[$name]}
 done
 distill() { # name logits-dir seed
   [[ -f $OUT/runs/$1/summary.json ]] ||

@@ -1,4 +1,4 @@
-//! The compact logits format (v2) against full precision (v1), `ember logits convert`, and
+//! The compact logits formats (v2, v3) against full precision (v1), `ember logits convert`, and
 //! the export to DistillKit's capture format checked by an independent decoder.
 
 use std::ffi::OsStr;
@@ -210,6 +210,103 @@ print(json.dumps({"version": md["ember.format_version"], "codec": json.loads(md[
     other.extend(["--format", "v2", "--logprob-step", "0.0625"]);
     let err = ember_err(dir.path(), &other);
     assert!(err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn rans_coded_recordings_decode_to_the_compact_values_in_fewer_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = teacher_dir(dir.path());
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let teacher = teacher.to_str().unwrap();
+    let mut v2 = record_args(teacher, "v2", &ds);
+    v2.extend(["--format", "v2"]);
+    ember_ok(dir.path(), &v2);
+    let mut v3 = record_args(teacher, "v3", &ds);
+    v3.extend(["--format", "v3"]);
+    let text = ember_ok(dir.path(), &v3);
+    assert!(
+        text.contains("KL(decoded || full precision) mean"),
+        "{text}"
+    );
+    let (m2, m3) = (
+        LogitsManifest::load(&dir.path().join("v2")).unwrap(),
+        LogitsManifest::load(&dir.path().join("v3")).unwrap(),
+    );
+    assert_eq!((m2.format_version, m3.format_version), (2, 3));
+    let LogitsCodec::Compact(codec) = m3.meta.codec else {
+        panic!("{:?}", m3.meta.codec)
+    };
+    assert_eq!(codec.coder, ember_data::EntryCoder::Rans);
+    // the same encoding error (the same grid), fewer bytes
+    assert_eq!(
+        m2.details["codec_error_this_run"],
+        m3.details["codec_error_this_run"]
+    );
+    assert!(
+        m3.bytes_per_token < m2.bytes_per_token,
+        "{} vs {}",
+        m3.bytes_per_token,
+        m2.bytes_per_token
+    );
+    for shard in ["train-00000.arrow", "train-00002.arrow"] {
+        let (_, a) = read_logits_shard(&dir.path().join("v2").join(shard)).unwrap();
+        let (_, b) = read_logits_shard(&dir.path().join("v3").join(shard)).unwrap();
+        assert_eq!(a, b, "v3 decodes to exactly the v2 values");
+    }
+    // converting a v1 recording gives the same shards
+    ember_ok(dir.path(), &record_args(teacher, "full", &ds));
+    ember_ok(
+        dir.path(),
+        &[
+            "logits",
+            "convert",
+            "--from",
+            "full",
+            "--out",
+            "converted",
+            "--format",
+            "v3",
+        ],
+    );
+    let (_, a) = read_logits_shard(&dir.path().join("v3/train-00001.arrow")).unwrap();
+    let (_, b) = read_logits_shard(&dir.path().join("converted/train-00001.arrow")).unwrap();
+    assert_eq!(a, b);
+    // pyarrow reads the shard: the streams per row, the tables in the first row only
+    let script = r#"
+import sys, json, pyarrow.ipc as ipc
+c = ipc.open_file(sys.argv[1]).read_all()
+md = {k.decode(): v.decode() for k, v in c.schema.metadata.items()}
+tables = [len(x.as_py()) for x in c.column("tables")]
+print(json.dumps({"version": md["ember.format_version"], "codec": json.loads(md["ember.codec"]),
+                  "columns": c.schema.names, "first_table": tables[0], "other_tables": sum(tables[1:]),
+                  "streams": [len(x.as_py()) % 4 for x in c.column("coded")]}))
+"#;
+    let v = run_python(&[
+        OsStr::new("-c"),
+        OsStr::new(script),
+        dir.path().join("v3/train-00000.arrow").as_os_str(),
+    ]);
+    assert_eq!(v["version"], "3");
+    assert_eq!(v["codec"]["coder"], "rans");
+    assert_eq!(
+        v["columns"],
+        serde_json::json!([
+            "row_index",
+            "input_ids",
+            "counts",
+            "tail_log",
+            "coded",
+            "tables"
+        ])
+    );
+    assert!(
+        v["first_table"].as_u64().unwrap() > 0 && v["other_tables"] == 0,
+        "{v}"
+    );
+    assert!(
+        v["streams"].as_array().unwrap().iter().all(|x| x == 0),
+        "whole 32-bit words: {v}"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use ember_data::{CompactCodec, IpcCompression, LogitsCodec, LogitsManifest, convert_logits};
+use ember_data::{
+    CompactCodec, EntryCoder, IpcCompression, LogitsCodec, LogitsManifest, convert_logits,
+};
 use ember_teacher::{
     CompressionConfig, ExportConfig, QuantizationBin, Term, TermDtype, export_distillkit,
 };
@@ -10,9 +12,11 @@ use ember_teacher::{
 enum Format {
     /// v1: k entries per position, Int32 ids and Float32 log-probabilities (8 bytes per entry)
     V1,
-    /// v2: adaptive k, bit-packed ids, log-probabilities quantized relative to the top entry,
-    /// compressed Arrow buffers (README, "Teacher logits")
+    /// v2: adaptive k, ids as byte planes, log-probabilities quantized relative to the top
+    /// entry, compressed Arrow buffers (README, "Teacher logits")
     V2,
+    /// v3: v2 with ids and gaps rANS-coded against per-shard frequency tables (smallest)
+    V3,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -28,13 +32,13 @@ pub struct CodecArgs {
     /// Logits format of the shards.
     #[arg(long, value_enum, default_value = "v1")]
     format: Format,
-    /// v2: keep a position's entries until their probability mass reaches this (1: always k).
+    /// v2/v3: keep a position's entries until their probability mass reaches this (1: always k).
     #[arg(long, default_value_t = CompactCodec::default().mass)]
     mass: f32,
-    /// v2: quantization step of log-probabilities relative to the top entry, in nats.
+    /// v2/v3: quantization step of log-probabilities relative to the top entry, in nats.
     #[arg(long, default_value_t = CompactCodec::default().step)]
     logprob_step: f32,
-    /// v2: Arrow IPC buffer compression.
+    /// v2/v3: Arrow IPC buffer compression.
     #[arg(long, value_enum, default_value = "zstd")]
     compression: Compression,
 }
@@ -43,7 +47,7 @@ impl CodecArgs {
     pub fn codec(&self) -> LogitsCodec {
         match self.format {
             Format::V1 => LogitsCodec::Full,
-            Format::V2 => LogitsCodec::Compact(CompactCodec {
+            Format::V2 | Format::V3 => LogitsCodec::Compact(CompactCodec {
                 mass: self.mass,
                 step: self.logprob_step,
                 compression: match self.compression {
@@ -51,16 +55,20 @@ impl CodecArgs {
                     Compression::Lz4 => IpcCompression::Lz4,
                     Compression::Zstd => IpcCompression::Zstd,
                 },
+                coder: match self.format {
+                    Format::V3 => EntryCoder::Rans,
+                    _ => EntryCoder::Planes,
+                },
             }),
         }
     }
 }
 
-/// One line on the v2 encoding error (`CodecStats::summary`).
+/// One line on the compact (v2/v3) encoding error (`CodecStats::summary`).
 pub fn print_codec_error(what: &str, e: &serde_json::Value) {
     let f = |k: &str| e[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "v2 encoding, {} {what}: {:.1} entries/position (mass dropped {:.2e}); KL(decoded || full precision) mean {:.2e}, p99 {:.2e}; tail error mean {:.2e}, max {:.2e}",
+        "compact encoding, {} {what}: {:.1} entries/position (mass dropped {:.2e}); KL(decoded || full precision) mean {:.2e}, p99 {:.2e}; tail error mean {:.2e}, max {:.2e}",
         e["positions"],
         f("mean_entries"),
         f("dropped_mass_mean"),
@@ -84,7 +92,7 @@ pub enum DistillkitPreset {
 #[derive(Debug, Subcommand)]
 pub enum LogitsCommand {
     /// Re-encode a recording in another format (v1 <-> v2, other v2 settings, a smaller k),
-    /// reporting bytes/token and the v2 encoding error.
+    /// reporting bytes/token and the compact encoding error.
     Convert {
         /// Source logits directory.
         #[arg(long)]

@@ -12,6 +12,7 @@ mod dataset;
 mod error;
 mod logits;
 mod prepare;
+mod rans;
 mod tokenizer;
 
 pub use chat::{
@@ -19,7 +20,8 @@ pub use chat::{
     prepare_chat, read_chat_jsonl,
 };
 pub use compact::{
-    CodecStats, CompactCodec, IpcCompression, LogitsCodec, id_bits, pack_bits, unpack_bits,
+    CodecStats, CompactCodec, EntryCoder, IpcCompression, LogitsCodec, id_bits, pack_bits,
+    unpack_bits,
 };
 pub use dataset::{Split, TokenDataset, read_token_shard};
 pub use error::DataError;

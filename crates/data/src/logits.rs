@@ -25,7 +25,15 @@
 //! | `gaps` | `Binary` | per position, the grid increments of entries `1..n` |
 //!
 //! with the codec's settings in the schema metadata (`ember.codec`) and IPC buffer
-//! compression. The reader decodes v2 into the same [`LogitsRow`]s, `k` entries per position,
+//! compression. Format v3 (`ember.codec` `coder: "rans"`) has the same `counts` and
+//! `tail_log` and, instead of `ids` and `gaps`,
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `coded` | `Binary` | per row, one rANS stream of its ids and gap bytes |
+//! | `tables` | `Binary` | the shard's frequency tables in the first row, the others empty |
+//!
+//! The reader decodes v2 and v3 into the same [`LogitsRow`]s, `k` entries per position,
 //! padding a position with fewer entries by id -1 at log-probability -inf.
 
 use std::collections::HashMap;
@@ -41,13 +49,14 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::compact::{
-    CodecStats, EncodedRow, IpcCompression, LogitsCodec, decode_row, encode_position, id_bytes,
-    id_planes,
+    CodecStats, EncodedRow, EntryCoder, IpcCompression, LogitsCodec, RowIds, decode_row,
+    encode_position, id_bytes, id_planes, rans_decode_row, rans_encode_rows, rans_read_tables,
 };
 use crate::{DataError, Split, open_ipc, read_manifest, write_atomic, write_ipc_atomic};
 
-/// Newest version of the logits format (v1: full precision; v2: compact). Both are read.
-pub const LOGITS_FORMAT_VERSION: u32 = 2;
+/// Newest version of the logits format (v1: full precision; v2: compact; v3: compact with
+/// rANS-coded ids and gaps). All are read.
+pub const LOGITS_FORMAT_VERSION: u32 = 3;
 
 /// Who produced the logits and how; stored in every shard's schema metadata and in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,17 +141,29 @@ impl LogitsMeta {
         }
         let codec = match num("ember.format_version")? {
             1 => LogitsCodec::Full,
-            2 => LogitsCodec::Compact(serde_json::from_str(&get("ember.codec")?).map_err(|e| {
-                DataError::Format {
-                    path: path.to_path_buf(),
-                    message: format!("ember.codec is not a compact codec: {e}"),
+            version @ (2 | 3) => {
+                let codec = LogitsCodec::Compact(
+                    serde_json::from_str(&get("ember.codec")?).map_err(|e| DataError::Format {
+                        path: path.to_path_buf(),
+                        message: format!("ember.codec is not a compact codec: {e}"),
+                    })?,
+                );
+                if codec.version() != version as u32 {
+                    return Err(DataError::Format {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "logits format v{version} with a codec of v{} ({codec:?})",
+                            codec.version()
+                        ),
+                    });
                 }
-            })?),
+                codec
+            }
             version => {
                 return Err(DataError::Format {
                     path: path.to_path_buf(),
                     message: format!(
-                        "logits format v{version}; this Ember reads v1 and v{LOGITS_FORMAT_VERSION} (a newer Ember wrote it?)"
+                        "logits format v{version}; this Ember reads v1 to v{LOGITS_FORMAT_VERSION} (a newer Ember wrote it?)"
                     ),
                 });
             }
@@ -216,12 +237,22 @@ pub fn logits_schema(meta: &LogitsMeta) -> Schema {
             Field::new("topk_ids", nested(DataType::Int32, k, t).0, false),
             Field::new("topk_logprobs", nested(DataType::Float32, k, t).0, false),
         ]),
-        LogitsCodec::Compact(_) => fields.extend([
-            Field::new("counts", per_position(DataType::UInt16, t), false),
-            Field::new("tail_log", per_position(DataType::Float16, t), false),
-            Field::new("ids", DataType::Binary, false),
-            Field::new("gaps", DataType::Binary, false),
-        ]),
+        LogitsCodec::Compact(c) => {
+            fields.extend([
+                Field::new("counts", per_position(DataType::UInt16, t), false),
+                Field::new("tail_log", per_position(DataType::Float16, t), false),
+            ]);
+            fields.extend(match c.coder {
+                EntryCoder::Planes => [
+                    Field::new("ids", DataType::Binary, false),
+                    Field::new("gaps", DataType::Binary, false),
+                ],
+                EntryCoder::Rans => [
+                    Field::new("coded", DataType::Binary, false),
+                    Field::new("tables", DataType::Binary, false),
+                ],
+            });
+        }
     }
     Schema::new(fields).with_metadata(meta.to_schema_metadata())
 }
@@ -329,7 +360,7 @@ pub fn write_logits_shard(
         LogitsCodec::Compact(codec) => {
             let bytes = id_bytes(meta.vocab_size);
             let (mut counts, mut tails) = (Vec::with_capacity(n * t), Vec::with_capacity(n * t));
-            let (mut ids, mut gaps) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let mut encoded = Vec::with_capacity(n);
             for r in rows {
                 if let Some(&bad) = r
                     .topk_ids
@@ -364,10 +395,11 @@ pub fn write_logits_shard(
                         &mut stats,
                     );
                 }
-                counts.extend(enc.counts);
-                tails.extend(enc.tail_log);
-                ids.push(id_planes(&enc.ids, bytes));
-                gaps.push(enc.gaps);
+                encoded.push(enc);
+            }
+            for enc in &encoded {
+                counts.extend_from_slice(&enc.counts);
+                tails.extend_from_slice(&enc.tail_log);
             }
             columns.extend([
                 Arc::new(
@@ -378,9 +410,26 @@ pub fn write_logits_shard(
                     per_position_array(Arc::new(Float16Array::from(tails)), t)
                         .map_err(arrow_err)?,
                 ),
-                Arc::new(BinaryArray::from_iter_values(ids.iter())),
-                Arc::new(BinaryArray::from_iter_values(gaps.iter())),
             ]);
+            match codec.coder {
+                EntryCoder::Planes => {
+                    let ids = encoded.iter().map(|e| id_planes(&e.ids, bytes));
+                    let gaps = encoded.iter().map(|e| &e.gaps);
+                    columns.extend([
+                        Arc::new(BinaryArray::from_iter_values(ids)) as ArrayRef,
+                        Arc::new(BinaryArray::from_iter_values(gaps)),
+                    ]);
+                }
+                EntryCoder::Rans => {
+                    // the shard's tables in the first row of `tables`, the others empty
+                    let (tables, streams) = rans_encode_rows(&encoded);
+                    let tables = (0..n).map(|i| if i == 0 { &tables[..] } else { &[][..] });
+                    columns.extend([
+                        Arc::new(BinaryArray::from_iter_values(streams.iter())) as ArrayRef,
+                        Arc::new(BinaryArray::from_iter_values(tables)),
+                    ]);
+                }
+            }
             codec.compression
         }
     };
@@ -470,33 +519,61 @@ pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), Da
                         .cloned()
                         .ok_or_else(|| format(format!("{name} is not Binary")))
                 };
-                let (ids, gaps) = (binary("ids")?, binary("gaps")?);
+                let (first, second) = match codec.coder {
+                    EntryCoder::Planes => ("ids", "gaps"),
+                    EntryCoder::Rans => ("coded", "tables"),
+                };
+                let (first, second) = (binary(first)?, binary(second)?);
                 if counts.len() != n * t
                     || tails.len() != n * t
-                    || ids.len() != n
-                    || gaps.len() != n
+                    || first.len() != n
+                    || second.len() != n
                 {
                     return Err(format(format!(
                         "column lengths do not match {n} rows of T={t}"
                     )));
                 }
-                let bytes = id_bytes(meta.vocab_size);
+                let tables = match codec.coder {
+                    EntryCoder::Rans if n > 0 => {
+                        Some(rans_read_tables(second.value(0)).map_err(|e| format(e.0))?)
+                    }
+                    _ => None,
+                };
+                let width = id_bytes(meta.vocab_size);
                 let (mut out_ids, mut out_lps) =
                     (Vec::with_capacity(n * t * k), Vec::with_capacity(n * t * k));
                 let tails: &[f16] = tails.values();
                 for i in 0..n {
+                    let row_counts = &counts.values()[i * t..(i + 1) * t];
+                    let row_err = |e: crate::compact::DecodeError| {
+                        format(format!("row {}: {}", row_index.value(i), e.0))
+                    };
+                    let decoded;
+                    let (ids, gaps) = match &tables {
+                        None => (
+                            RowIds::Planes {
+                                bytes: first.value(i),
+                                width,
+                            },
+                            second.value(i),
+                        ),
+                        Some(tables) => {
+                            decoded = rans_decode_row(tables, row_counts, first.value(i))
+                                .map_err(row_err)?;
+                            (RowIds::Values(&decoded.0), &decoded.1[..])
+                        }
+                    };
                     decode_row(
                         codec.step,
-                        bytes,
                         k,
-                        &counts.values()[i * t..(i + 1) * t],
+                        row_counts,
                         &tails[i * t..(i + 1) * t],
-                        ids.value(i),
-                        gaps.value(i),
+                        ids,
+                        gaps,
                         &mut out_ids,
                         &mut out_lps,
                     )
-                    .map_err(|e| format(format!("row {}: {}", row_index.value(i), e.0)))?;
+                    .map_err(row_err)?;
                 }
                 (out_ids, out_lps)
             }
@@ -556,7 +633,7 @@ impl LogitsManifest {
         let m: Self = read_manifest(
             &path,
             "ember-logits",
-            &[1, LOGITS_FORMAT_VERSION],
+            &[1, 2, LOGITS_FORMAT_VERSION],
             |m: &Self| (m.format.as_str(), m.format_version),
         )?;
         if m.format_version != m.meta.codec.version() {
@@ -726,7 +803,17 @@ mod tests {
 
     #[test]
     fn compact_shards_round_trip_and_bad_shards_are_named() {
+        for coder in [crate::EntryCoder::Planes, crate::EntryCoder::Rans] {
+            compact_shard_round_trip(coder);
+        }
+    }
+
+    fn compact_shard_round_trip(coder: crate::EntryCoder) {
         let dir = tempfile::tempdir().unwrap();
+        let codec = crate::CompactCodec {
+            coder,
+            ..Default::default()
+        };
         let meta = LogitsMeta {
             teacher: "t".into(),
             teacher_config_sha256: "a".into(),
@@ -738,7 +825,7 @@ mod tests {
             split: Split::Train,
             source: "local".into(),
             teacher_weights: "w".into(),
-            codec: LogitsCodec::Compact(crate::CompactCodec::default()),
+            codec: LogitsCodec::Compact(codec),
         };
         let lp = [0.5f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
         let rows: Vec<LogitsRow> = (0..3)
@@ -766,19 +853,48 @@ mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap();
         let err = read_logits_shard(&cut).unwrap_err().to_string();
         assert!(err.contains("cut.arrow"), "{err}");
-        // a newer version: refused naming it
-        let reader = open_ipc(&path).unwrap();
-        let mut md = reader.schema().metadata().clone();
-        md.insert("ember.format_version".to_string(), "3".to_string());
-        let schema = Arc::new(reader.schema().as_ref().clone().with_metadata(md));
-        let batch = reader.into_iter().next().unwrap().unwrap();
-        let v3 = dir.path().join("v3.arrow");
-        write_ipc_atomic(&v3, schema, batch.columns().to_vec(), IpcCompression::None).unwrap();
-        let err = read_logits_shard(&v3).unwrap_err().to_string();
+        // rewritten with other metadata or columns: refused naming the file and what is wrong
+        let rewrite = |name: &str, version: &str, edit: &dyn Fn(&mut Vec<ArrayRef>)| {
+            let reader = open_ipc(&path).unwrap();
+            let mut md = reader.schema().metadata().clone();
+            md.insert("ember.format_version".to_string(), version.to_string());
+            let schema = Arc::new(reader.schema().as_ref().clone().with_metadata(md));
+            let batch = reader.into_iter().next().unwrap().unwrap();
+            let mut columns = batch.columns().to_vec();
+            edit(&mut columns);
+            let out = dir.path().join(name);
+            write_ipc_atomic(&out, schema, columns, IpcCompression::None).unwrap();
+            read_logits_shard(&out).map(|_| ()).unwrap_err().to_string()
+        };
+        let err = rewrite("v4.arrow", "4", &|_| ());
         assert!(
-            err.contains("v3.arrow") && err.contains("logits format v3"),
+            err.contains("v4.arrow") && err.contains("logits format v4"),
             "{err}"
         );
+        let other = if coder == crate::EntryCoder::Rans {
+            "2"
+        } else {
+            "3"
+        };
+        let err = rewrite("mislabelled.arrow", other, &|_| ());
+        assert!(
+            err.contains(&format!("logits format v{other} with a codec")),
+            "{err}"
+        );
+        if coder == crate::EntryCoder::Rans {
+            // a damaged stream: its row is named
+            let err = rewrite("damaged.arrow", "3", &|cols: &mut Vec<ArrayRef>| {
+                let coded = cols[4].as_any().downcast_ref::<BinaryArray>().unwrap();
+                let mut rows: Vec<Vec<u8>> =
+                    (0..coded.len()).map(|i| coded.value(i).to_vec()).collect();
+                rows[1][2] ^= 0x5a; // the stream's starting state
+                cols[4] = Arc::new(BinaryArray::from_iter_values(rows.iter()));
+            });
+            assert!(
+                err.contains("row 1") && err.contains("damaged.arrow"),
+                "{err}"
+            );
+        }
         // an id outside the vocabulary is refused when writing
         let mut bad = rows[0].clone();
         bad.topk_ids[0] = 70_000;

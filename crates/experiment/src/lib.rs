@@ -424,6 +424,18 @@ mod tests {
                 mass: 0.99,
                 step: 0.0625,
                 compression: ember_data::IpcCompression::Lz4,
+                coder: ember_data::EntryCoder::Planes,
+            })
+        );
+        let cfg = small_with(
+            r#"logits = { format = "compact", mass = 1.0, step = 0.125, compression = "zstd", coder = "rans" }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.experiment.logits,
+            ember_data::LogitsCodec::Compact(ember_data::CompactCodec {
+                coder: ember_data::EntryCoder::Rans,
+                ..Default::default()
             })
         );
         let err = small_with(r#"logits = { format = "v3" }"#)

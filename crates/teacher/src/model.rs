@@ -360,14 +360,7 @@ impl StandardAttention {
         let v = heads(self.v_proj.forward(x), nkv, &None);
         let (k, v) = extend_kv(state, k, v);
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = causal_attention(
-            q,
-            k,
-            v,
-            scale,
-            ctx.pad,
-            self.sliding_window,
-        );
+        let y = causal_attention(q, k, v, scale, ctx.pad, self.sliding_window);
         let y = y.swap_dims(1, 2).reshape([b, t, nh * hd]);
         let y = match gate {
             Some(g) => y * sigmoid(g),
