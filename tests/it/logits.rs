@@ -20,6 +20,25 @@ fn run_python<S: AsRef<OsStr>>(args: &[S]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `ember record` of the test teacher into `out` with `extra` arguments; its manifest. A
+/// compact recording reports its encoding error.
+fn record(
+    dir: &std::path::Path,
+    teacher: &str,
+    ds: &str,
+    out: &str,
+    extra: &[&str],
+) -> LogitsManifest {
+    let mut args = record_args(teacher, out, ds);
+    args.extend(extra);
+    let text = ember_ok(dir, &args);
+    assert!(
+        extra.is_empty() || text.contains("KL(decoded || full precision) mean"),
+        "{text}"
+    );
+    LogitsManifest::load(&dir.join(out)).unwrap()
+}
+
 /// Shift-free gap error: per position, (got - want) minus its value at the top entry.
 fn assert_within_grid(full: &[f32], got: &[f32], k: usize, step: f64) {
     for (f, g) in full.chunks_exact(k).zip(got.chunks_exact(k)) {
@@ -44,17 +63,13 @@ fn compact_recordings_decode_within_their_grid_at_a_fraction_of_the_bytes() {
     let teacher = teacher_dir(dir.path());
     let ds = small_dataset().to_str().unwrap().to_string();
     let teacher = teacher.to_str().unwrap();
-    ember_ok(dir.path(), &record_args(teacher, "full", &ds));
-    let mut args = record_args(teacher, "compact", &ds);
-    args.extend(["--format", "v2", "--logprob-step", "0.03125"]);
-    let text = ember_ok(dir.path(), &args);
-    assert!(
-        text.contains("KL(decoded || full precision) mean"),
-        "{text}"
-    );
-    let (full, compact) = (
-        LogitsManifest::load(&dir.path().join("full")).unwrap(),
-        LogitsManifest::load(&dir.path().join("compact")).unwrap(),
+    let full = record(dir.path(), teacher, &ds, "full", &[]);
+    let compact = record(
+        dir.path(),
+        teacher,
+        &ds,
+        "compact",
+        &["--format", "v2", "--logprob-step", "0.03125"],
     );
     assert_eq!((full.format_version, compact.format_version), (1, 2));
     let LogitsCodec::Compact(codec) = compact.meta.codec else {
@@ -218,20 +233,8 @@ fn rans_coded_recordings_decode_to_the_compact_values_in_fewer_bytes() {
     let teacher = teacher_dir(dir.path());
     let ds = small_dataset().to_str().unwrap().to_string();
     let teacher = teacher.to_str().unwrap();
-    let mut v2 = record_args(teacher, "v2", &ds);
-    v2.extend(["--format", "v2"]);
-    ember_ok(dir.path(), &v2);
-    let mut v3 = record_args(teacher, "v3", &ds);
-    v3.extend(["--format", "v3"]);
-    let text = ember_ok(dir.path(), &v3);
-    assert!(
-        text.contains("KL(decoded || full precision) mean"),
-        "{text}"
-    );
-    let (m2, m3) = (
-        LogitsManifest::load(&dir.path().join("v2")).unwrap(),
-        LogitsManifest::load(&dir.path().join("v3")).unwrap(),
-    );
+    let m2 = record(dir.path(), teacher, &ds, "v2", &["--format", "v2"]);
+    let m3 = record(dir.path(), teacher, &ds, "v3", &["--format", "v3"]);
     assert_eq!((m2.format_version, m3.format_version), (2, 3));
     let LogitsCodec::Compact(codec) = m3.meta.codec else {
         panic!("{:?}", m3.meta.codec)
@@ -254,7 +257,7 @@ fn rans_coded_recordings_decode_to_the_compact_values_in_fewer_bytes() {
         assert_eq!(a, b, "v3 decodes to exactly the v2 values");
     }
     // converting a v1 recording gives the same shards
-    ember_ok(dir.path(), &record_args(teacher, "full", &ds));
+    record(dir.path(), teacher, &ds, "full", &[]);
     ember_ok(
         dir.path(),
         &[
