@@ -201,6 +201,12 @@ impl<'a> Decoder<'a> {
         }
         let word = |i: usize| u32::from_le_bytes(stream[i..i + 4].try_into().expect("4 bytes"));
         let x = ((word(0) as u64) << 32) | word(4) as u64;
+        // every state the encoder leaves is in [2^31, 2^63); decoding keeps it there
+        if !(LOW..1 << 63).contains(&x) {
+            return Err(RansError(format!(
+                "a starting state {x:#x} no encoder writes"
+            )));
+        }
         Ok(Self {
             words: &stream[8..],
             x,
@@ -306,6 +312,9 @@ mod tests {
         let err = (0..symbols.len()).try_for_each(|_| d.next(&models[0]).map(|_| ()));
         assert!(err.is_err() || !d.finished());
         assert!(Decoder::new(&stream[..6]).is_err());
+        let mut bad = stream.clone();
+        bad[3] |= 0x80; // a state of 2^63 or more would overflow the decoding arithmetic
+        assert!(Decoder::new(&bad).is_err());
         let mut bytes = Vec::new();
         models[0].write(&mut bytes);
         assert!(Model::read(&mut &bytes[..bytes.len() - 1]).is_err());
