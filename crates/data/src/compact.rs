@@ -365,6 +365,9 @@ pub fn encode_position(
     row.tail_log.push(tail_log);
     let top = lps[0] as f64;
     let step = codec.step as f64;
+    // beyond this many steps `exp(-q step)` is 0 in f64: the decoded probability is the same
+    // 0 for any larger q, so q stops here (and a decoder can bound a gap's length)
+    let q_cap = max_gap_steps(codec.step);
     let mut q_prev = 0u64;
     let mut qs = Vec::with_capacity(n);
     for j in 0..n {
@@ -372,7 +375,9 @@ pub fn encode_position(
         let q = if j == 0 {
             0
         } else {
-            (((top - lps[j] as f64) / step).round().max(0.0) as u64).max(q_prev)
+            (((top - lps[j] as f64) / step).round().max(0.0) as u64)
+                .min(q_cap)
+                .max(q_prev)
         };
         if j > 0 {
             let mut d = q - q_prev;
@@ -398,6 +403,12 @@ pub fn encode_position(
         kl += dec_tail * (dec_tail.ln() - tail.max(1e-300).ln());
     }
     stats.add(n, kl.max(0.0), (dec_tail - tail).abs(), dropped);
+}
+
+/// The largest grid gap an encoder writes at `step`: `ceil(746 / step)`, past which
+/// `exp(-q step)` underflows to 0 in f64.
+fn max_gap_steps(step: f32) -> u64 {
+    (746.0 / step as f64).ceil() as u64
 }
 
 /// Probabilities of a position's kept entries from their grid gaps `qs` and stored tail;
@@ -584,9 +595,17 @@ pub fn rans_read_tables(mut bytes: &[u8]) -> Result<Vec<Option<Model>>, DecodeEr
             out.push(None);
             continue;
         }
-        out.push(Some(Model::read(&mut bytes).map_err(|e| {
-            DecodeError(format!("rANS table of context {c}: {}", e.0))
-        })?));
+        let m = Model::read(&mut bytes)
+            .map_err(|e| DecodeError(format!("rANS table of context {c}: {}", e.0)))?;
+        if c >= ID_CONTEXTS && (m.max_symbol() > 255 || m.min_symbol() == 255) {
+            // gap bytes only, and one that can end a gap
+            return Err(DecodeError(format!(
+                "rANS table of gap context {c} holds symbols {}..={}",
+                m.min_symbol(),
+                m.max_symbol()
+            )));
+        }
+        out.push(Some(m));
     }
     if !bytes.is_empty() {
         return Err(DecodeError(format!(
@@ -597,14 +616,29 @@ pub fn rans_read_tables(mut bytes: &[u8]) -> Result<Vec<Option<Model>>, DecodeEr
     Ok(out)
 }
 
-/// One row's ids and gap bytes from its rANS stream, `counts` entries per position.
+/// One row's ids and gap bytes from its rANS stream, `counts` entries per position (1..=`k`
+/// each), ids below `vocab`, log-probability gaps on a grid of `step` nats. A damaged stream
+/// or table is an error, never a panic or an unbounded loop: a gap can only continue
+/// (byte 255) as far as a finite log-probability reaches.
 pub fn rans_decode_row(
     tables: &[Option<Model>],
     counts: &[u16],
     stream: &[u8],
+    (k, vocab, step): (usize, usize, f32),
 ) -> Result<(Vec<u32>, Vec<u8>), DecodeError> {
     let err = |e: rans::RansError| DecodeError(format!("rANS stream: {}", e.0));
     let mut d = Decoder::new(stream).map_err(err)?;
+    if let Some((pos, n)) = counts
+        .iter()
+        .enumerate()
+        .find(|&(_, &n)| n == 0 || n as usize > k)
+    {
+        return Err(DecodeError(format!(
+            "position {pos} has {n} entries (1..={k} allowed)"
+        )));
+    }
+    // the encoder caps gaps at `max_gap_steps`: no longer run of 255s is legitimate
+    let max_gap_bytes = (max_gap_steps(step) / 255) as usize + 1;
     let total: usize = counts.iter().map(|&n| n as usize).sum();
     let (mut ids, mut gaps) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let model = |c: usize| {
@@ -614,9 +648,20 @@ pub fn rans_decode_row(
     };
     for &n in counts {
         for j in 0..n as usize {
-            ids.push(d.next(model(id_context(j))?).map_err(err)?);
+            let id = d.next(model(id_context(j))?).map_err(err)?;
+            if id as usize >= vocab {
+                return Err(DecodeError(format!(
+                    "token id {id} outside the vocabulary of {vocab}"
+                )));
+            }
+            ids.push(id);
             if j > 0 {
-                loop {
+                for run in 0.. {
+                    if run == max_gap_bytes {
+                        return Err(DecodeError(format!(
+                            "a log-probability gap longer than {max_gap_bytes} bytes"
+                        )));
+                    }
                     let b = d.next(model(gap_context(j))?).map_err(err)?;
                     let b = u8::try_from(b)
                         .map_err(|_| DecodeError(format!("gap byte {b} out of range")))?;
@@ -684,7 +729,13 @@ mod tests {
         // format v3 stores the same ids and gaps
         let (tables, streams) = rans_encode_rows(std::slice::from_ref(&row));
         let tables = rans_read_tables(&tables).unwrap();
-        let (v3_ids, v3_gaps) = rans_decode_row(&tables, &row.counts, &streams[0]).unwrap();
+        let (v3_ids, v3_gaps) =
+            rans_decode_row(&tables, &row.counts, &streams[0], (k, vocab, codec.step)).unwrap();
+        assert!(
+            rans_decode_row(&tables, &row.counts, &streams[0], (k, 3, codec.step)).is_err()
+                || row.ids.iter().all(|&i| i < 3),
+            "ids beyond the vocabulary are refused"
+        );
         assert_eq!((&v3_ids, &v3_gaps), (&row.ids, &row.gaps));
         (ids, lps, stats)
     }
@@ -823,6 +874,44 @@ mod tests {
 
     #[test]
     fn large_gaps_escape_and_truncation_is_an_error() {
+        // an entry 2,000 nats down: its probability is 0 in f64 whatever its gap, so the gap
+        // stops at ceil(746 / step) steps and decodes to -inf as before
+        let codec = CompactCodec {
+            mass: 1.0,
+            step: 1.0 / 8.0,
+            compression: IpcCompression::None,
+            coder: EntryCoder::Rans,
+        };
+        let far = (vec![5, 6, 7], vec![-0.5f32, -1.0, -2000.0]);
+        let (_, got, _) = round_trip(codec, 512, std::slice::from_ref(&far), 3);
+        assert_eq!(got[2], f32::NEG_INFINITY);
+        let mut row = EncodedRow::default();
+        encode_position(&codec, &far.0, &far.1, &mut row, &mut CodecStats::default());
+        assert_eq!(
+            row.gaps.len(),
+            1 + (746 * 8 - 4) / 255 + 1,
+            "{:?}",
+            row.gaps
+        );
+        // a table whose gap context can only continue a gap is refused (it would never end)
+        let forever = EncodedRow {
+            counts: vec![2],
+            tail_log: vec![f16::from_f32(-1.0)],
+            ids: vec![1, 2],
+            gaps: vec![255, 255, 3],
+        };
+        let (mut tables, _) = rans_encode_rows(std::slice::from_ref(&forever));
+        // contexts 0 and 1 hold one id each, 2-6 nothing; then the first gap context: symbols
+        // 3 and 255 (varint gaps 3 and 251 = [251, 1], counts minus one 0 and 1)
+        let at = 3 + 3 + 5;
+        assert_eq!(&tables[at..at + 6], &[2, 3, 0, 251, 1, 1], "{tables:?}");
+        tables.splice(at..at + 6, [1, 255, 1, 0]); // only 255
+        let err = rans_read_tables(&tables).unwrap_err();
+        assert!(err.0.contains("gap context"), "{}", err.0);
+        tables.splice(at..at + 4, [1, 128, 2, 0]); // only 256, not a byte
+        let err = rans_read_tables(&tables).unwrap_err();
+        assert!(err.0.contains("gap context"), "{}", err.0);
+
         let lps = vec![-0.001f32, -40.0, -41.0];
         let codec = CompactCodec {
             mass: 1.0,

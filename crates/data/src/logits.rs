@@ -558,8 +558,13 @@ pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), Da
                             second.value(i),
                         ),
                         Some(tables) => {
-                            decoded = rans_decode_row(tables, row_counts, first.value(i))
-                                .map_err(row_err)?;
+                            decoded = rans_decode_row(
+                                tables,
+                                row_counts,
+                                first.value(i),
+                                (k, meta.vocab_size, codec.step),
+                            )
+                            .map_err(row_err)?;
                             (RowIds::Values(&decoded.0), &decoded.1[..])
                         }
                     };

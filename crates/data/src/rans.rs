@@ -92,6 +92,14 @@ impl Model {
         })
     }
 
+    /// The smallest and largest symbol with a frequency.
+    pub fn min_symbol(&self) -> u32 {
+        self.symbols[0]
+    }
+    pub fn max_symbol(&self) -> u32 {
+        *self.symbols.last().expect("a table has symbols")
+    }
+
     /// Index of `symbol` in the table, `None` if it has no frequency.
     fn index(&self, symbol: u32) -> Option<usize> {
         self.symbols.binary_search(&symbol).ok()
@@ -120,7 +128,7 @@ impl Model {
         let mut next = 0u64;
         let mut total = 0u64;
         for _ in 0..n {
-            let s = next + read_varint(bytes)?;
+            let s = next.checked_add(read_varint(bytes)?).unwrap_or(u64::MAX);
             let c = read_varint(bytes)?.checked_add(1);
             total = c.and_then(|c| total.checked_add(c)).unwrap_or(u64::MAX);
             if s > u32::MAX as u64 || total > 1 << 53 {
