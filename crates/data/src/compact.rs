@@ -75,6 +75,16 @@ pub enum EntryCoder {
     Rans,
 }
 
+impl EntryCoder {
+    /// The shard columns that hold the entries (after `counts` and `tail_log`).
+    pub fn columns(self) -> [&'static str; 2] {
+        match self {
+            Self::Planes => ["ids", "gaps"],
+            Self::Rans => ["coded", "tables"],
+        }
+    }
+}
+
 impl Default for CompactCodec {
     fn default() -> Self {
         // measured on the flat quick-start teacher at k 64: 98 bytes/token, mean KL 2.9e-4

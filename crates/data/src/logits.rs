@@ -242,16 +242,11 @@ pub fn logits_schema(meta: &LogitsMeta) -> Schema {
                 Field::new("counts", per_position(DataType::UInt16, t), false),
                 Field::new("tail_log", per_position(DataType::Float16, t), false),
             ]);
-            fields.extend(match c.coder {
-                EntryCoder::Planes => [
-                    Field::new("ids", DataType::Binary, false),
-                    Field::new("gaps", DataType::Binary, false),
-                ],
-                EntryCoder::Rans => [
-                    Field::new("coded", DataType::Binary, false),
-                    Field::new("tables", DataType::Binary, false),
-                ],
-            });
+            fields.extend(
+                c.coder
+                    .columns()
+                    .map(|name| Field::new(name, DataType::Binary, false)),
+            );
         }
     }
     Schema::new(fields).with_metadata(meta.to_schema_metadata())
@@ -519,10 +514,7 @@ pub fn read_logits_shard(path: &Path) -> Result<(LogitsMeta, Vec<LogitsRow>), Da
                         .cloned()
                         .ok_or_else(|| format(format!("{name} is not Binary")))
                 };
-                let (first, second) = match codec.coder {
-                    EntryCoder::Planes => ("ids", "gaps"),
-                    EntryCoder::Rans => ("coded", "tables"),
-                };
+                let [first, second] = codec.coder.columns();
                 let (first, second) = (binary(first)?, binary(second)?);
                 if counts.len() != n * t
                     || tails.len() != n * t

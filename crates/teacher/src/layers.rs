@@ -117,16 +117,20 @@ impl Linear {
         }
     }
 
-    /// `x W + b` of host rows `x: [n, in]` when the weight is on the host (BLAS), else `None`.
+    /// Whether [`Linear::forward_host`] applies: a host (BLAS) weight and no bias.
+    fn on_host(&self) -> bool {
+        matches!(self.weight, LinearWeight::Host { .. }) && self.bias.is_none()
+    }
+
+    /// `x W` of host rows `x: [n, in]` when [`Linear::on_host`], else `None`.
     fn forward_host(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
         let LinearWeight::Host { data, dims, .. } = &self.weight else {
             return None;
         };
-        if self.bias.is_some() {
+        if !self.on_host() {
             return None;
         }
-        let blas = blas()?;
-        Some(blas.matmul(x, data, n, dims[0], dims[1]))
+        Some(blas()?.matmul(x, data, n, dims[0], dims[1]))
     }
 
     /// `x: [n, in] -> [n, out]`
@@ -193,9 +197,7 @@ impl RmsNorm {
         }
         (x / rms).cast(dtype) * self.weight.clone().unsqueeze::<D>()
     }
-}
 
-impl RmsNorm {
     /// Float32 on the CPU: one pass per row over rayon's pool instead of six tensor ops
     /// (the same arithmetic: `x / sqrt(mean(x^2) + eps)` times the weight, or `1 + w`).
     fn forward_host<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -497,15 +499,7 @@ impl Expert {
         match self {
             Expert::Loaded(mlp) => mlp.forward_host(&x, m),
             Expert::Identity => Some(x),
-            Expert::Streamed { gate, up, down } => {
-                let linear = |w: &LazyTensor| Linear::new(w.load().transpose(), None);
-                Mlp {
-                    gate: linear(gate),
-                    up: linear(up),
-                    down: linear(down),
-                }
-                .forward_host(&x, m)
-            }
+            Expert::Streamed { .. } => self.read_streamed()?.forward_host(&x, m),
         }
     }
 
@@ -514,14 +508,26 @@ impl Expert {
         match self {
             Expert::Loaded(mlp) => mlp.forward_rows(x),
             Expert::Identity => x,
-            Expert::Streamed { gate, up, down } => {
-                // the same products as a loaded expert's (BLAS or Burn), so the same numbers
-                let linear = |w: &LazyTensor| Linear::new(w.load().transpose(), None);
-                let g = linear(gate).forward_rows(x.clone());
-                let u = linear(up).forward_rows(x);
-                linear(down).forward_rows(silu(g) * u)
-            }
+            // the same code as a loaded expert's, so the same numbers
+            Expert::Streamed { .. } => self
+                .read_streamed()
+                .expect("a streamed expert")
+                .forward_rows(x),
         }
+    }
+
+    /// A streamed expert's weights read from the checkpoint now, as a loaded expert holds
+    /// them (`None` for the other kinds).
+    fn read_streamed(&self) -> Option<Mlp> {
+        let Expert::Streamed { gate, up, down } = self else {
+            return None;
+        };
+        let linear = |w: &LazyTensor| Linear::new(w.load().transpose(), None);
+        Some(Mlp {
+            gate: linear(gate),
+            up: linear(up),
+            down: linear(down),
+        })
     }
 }
 
@@ -574,9 +580,7 @@ fn dispatch_on_host(
     per_expert: &[(Vec<i32>, Vec<f32>)],
 ) -> Option<Vec<f32>> {
     let on_host = |e: &Expert| match e {
-        Expert::Loaded(mlp) => [&mlp.gate, &mlp.up, &mlp.down]
-            .iter()
-            .all(|l| matches!(l.weight, LinearWeight::Host { .. }) && l.bias.is_none()),
+        Expert::Loaded(mlp) => [&mlp.gate, &mlp.up, &mlp.down].iter().all(|l| l.on_host()),
         // read as float32 host weights when routed (`x` is float32 on the CPU here)
         Expert::Identity | Expert::Streamed { .. } => true,
     };
