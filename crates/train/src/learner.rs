@@ -406,14 +406,21 @@ pub fn clip_global_norm<M: Module>(
     mut grads: GradientsParams,
     max_norm: f64,
 ) -> (GradientsParams, f64) {
+    // The squares are summed on the device into one scalar, read once per step: a read per
+    // parameter would wait for the device that many times (a GPU drains its queue at each).
+    // In f32 whatever the training precision.
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
-        sum: f64,
+        sum: Option<Tensor<1>>,
     }
     impl ModuleVisitor for SquaredNorm<'_> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(p.id) {
-                self.sum += g.square().sum().into_scalar::<f64>();
+                let squares = g.cast(DType::F32).square().sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(sum) => sum + squares,
+                    None => squares,
+                });
             }
         }
     }
@@ -430,10 +437,10 @@ pub fn clip_global_norm<M: Module>(
     }
     let mut norm = SquaredNorm {
         grads: &grads,
-        sum: 0.0,
+        sum: None,
     };
     model.visit(&mut norm);
-    let norm = norm.sum.sqrt();
+    let norm = norm.sum.map_or(0.0, |sum| sum.into_scalar::<f64>().sqrt());
     if max_norm > 0.0 && norm > max_norm {
         model.visit(&mut Scale {
             grads: &mut grads,
@@ -496,5 +503,90 @@ mod agreement_tests {
         assert_eq!(top1, vec![-1, 6, -1, 8]);
         // the student matches at positions 0 (no loss), 1 (hit) and 2 (no loss), misses 3
         assert_eq!(top1_agreement(&[5, 6, 7, 0], &top1), 0.5);
+    }
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::*;
+
+    #[derive(Module, Debug)]
+    struct Pair {
+        a: Param<Tensor<2>>,
+        b: Param<Tensor<1>>,
+    }
+
+    fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// loss = sum(a^2) / 2 + 3 sum(b): the gradients are a and 3, norm sqrt(14.25 + 18).
+    fn pair_and_grads() -> (Pair, GradientsParams) {
+        let device = Device::flex().autodiff();
+        let a = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, -2.0, 3.0, 0.5], [2, 2]),
+            &device,
+        );
+        let b = Tensor::<1>::from_data(TensorData::new(vec![4.0f32, -1.0], [2]), &device);
+        let model = Pair {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+        };
+        let loss =
+            model.a.val().square().sum().div_scalar(2.0) + model.b.val().sum().mul_scalar(3.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (model, grads)
+    }
+
+    #[test]
+    fn the_global_norm_scales_every_gradient_by_one_factor() {
+        let expected = 32.25f64.sqrt();
+        // above the norm: nothing changes
+        let (model, grads) = pair_and_grads();
+        let (grads, norm) = clip_global_norm(&model, grads, 10.0);
+        assert!((norm - expected).abs() < 1e-6, "norm {norm}");
+        assert_eq!(
+            floats(grads.get::<2>(model.a.id).unwrap()),
+            [1.0, -2.0, 3.0, 0.5]
+        );
+        // below: all gradients by max_norm / norm, so that their joint norm is max_norm
+        let (model, grads) = pair_and_grads();
+        let (grads, norm) = clip_global_norm(&model, grads, 2.0);
+        assert!((norm - expected).abs() < 1e-6, "norm {norm}");
+        let f = (2.0 / (expected + 1e-6)) as f32;
+        let a = floats(grads.get::<2>(model.a.id).unwrap());
+        let b = floats(grads.get::<1>(model.b.id).unwrap());
+        for (got, want) in a.iter().chain(&b).zip([1.0f32, -2.0, 3.0, 0.5, 3.0, 3.0]) {
+            assert!((got - want * f).abs() < 1e-6, "{got} vs {}", want * f);
+        }
+        let clipped: f32 = a.iter().chain(&b).map(|g| g * g).sum::<f32>().sqrt();
+        assert!((clipped - 2.0).abs() < 1e-5, "clipped norm {clipped}");
+        // 0 turns clipping off; the norm is still reported
+        let (model, grads) = pair_and_grads();
+        let (grads, norm) = clip_global_norm(&model, grads, 0.0);
+        assert!((norm - expected).abs() < 1e-6);
+        assert_eq!(floats(grads.get::<1>(model.b.id).unwrap()), [3.0, 3.0]);
+    }
+
+    #[test]
+    fn bf16_gradients_are_summed_in_f32() {
+        // 17 x 241 = 4097 gradients of 1 in bf16: their sum of squares is 4097, which bf16
+        // (8 significant bits) cannot hold; a bf16 result would round it to 4096
+        let device = Device::flex().autodiff();
+        let model = Pair {
+            a: Param::from_tensor(Tensor::<2>::zeros([17, 241], &device).cast(DType::BF16)),
+            b: Param::from_tensor(Tensor::<1>::zeros([1], &device).cast(DType::BF16)),
+        };
+        let loss = model.a.val().sum() + model.b.val().sum().mul_scalar(0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (_, norm) = clip_global_norm(&model, grads, 0.0);
+        assert!((norm - 4097f64.sqrt()).abs() < 1e-9, "norm {norm}");
+    }
+
+    #[test]
+    fn a_model_without_gradients_has_norm_zero() {
+        let (model, _) = pair_and_grads();
+        let (_, norm) = clip_global_norm(&model, GradientsParams::new(), 1.0);
+        assert_eq!(norm, 0.0);
     }
 }
