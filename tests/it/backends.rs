@@ -201,3 +201,92 @@ fn bf16_training_learns_like_f32() {
 fn bf16_training_on_libtorch_learns_like_f32() {
     bf16_learns_like_f32("tch", &["--backend", "tch", "--device", "cpu"]);
 }
+
+/// `(loss, kd_loss, grad_norm)` of each of 6 steps of offline distillation (forward KL over
+/// the recorded top-16, the fused loss from hidden states, global-norm clipping, AdamW) on
+/// `backend`.
+/// `backend` from the same initial student (`init`, saved by the CPU backend: each backend's
+/// random numbers differ).
+fn distill_steps(
+    dir: &std::path::Path,
+    init: &std::path::Path,
+    out: &str,
+    backend: &[&str],
+) -> Vec<[f64; 3]> {
+    let (_, logits, _) = crate::distill::teacher();
+    let recipe =
+        crate::distill::write_recipe(dir, &format!("logits = {:?}", logits.display().to_string()));
+    let ds = small_dataset().to_str().unwrap().to_string();
+    let init = format!("train.init_from={:?}", init.display().to_string());
+    let mut args = vec!["distill", "--config", recipe.to_str().unwrap()];
+    args.extend(crate::distill::student_args(&ds, out, "6"));
+    args.extend([
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        &init,
+    ]);
+    args.extend(backend);
+    ember_ok(dir, &args);
+    std::fs::read_to_string(dir.join(out).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["split"] == "train")
+        .map(|r| ["loss", "kd_loss", "grad_norm"].map(|k| r[k].as_f64().unwrap()))
+        .collect()
+}
+
+/// The same distillation run on `backend` and on the CPU backend, step by step.
+#[allow(dead_code)]
+fn distills_like_cpu(name: &str, backend: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher, _, _) = crate::distill::teacher();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(teacher.join("config.json")).unwrap()).unwrap();
+    let vocab = config["vocab_size"].as_u64().unwrap() as usize;
+    let cpu = Device::flex();
+    cpu.seed(5);
+    let cfg = StudentConfig::new(vocab, 32, 64, 2, 2, 1, 16);
+    let init = dir.path().join("init");
+    save_hf(&cfg.init(&cpu), &cfg, &init, SaveDtype::F32).unwrap();
+    let want = distill_steps(dir.path(), &init, "cpu", &[]);
+    let got = distill_steps(dir.path(), &init, name, backend);
+    assert_eq!(want.len(), 6, "{want:?}");
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    let mut worst = [0f64; 3];
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        for (i, key) in ["loss", "kd_loss", "grad_norm"].iter().enumerate() {
+            let rel = (g[i] - w[i]).abs() / w[i].abs().max(1e-12);
+            worst[i] = worst[i].max(rel);
+            assert!(
+                rel < 1e-4,
+                "{name}: step {} {key} {} vs cpu {} (relative {rel:.2e})",
+                step + 1,
+                g[i],
+                w[i]
+            );
+        }
+    }
+    eprintln!(
+        "{name}: 6 distillation steps, largest relative difference from cpu: loss {:.1e}, kd {:.1e}, grad norm {:.1e}",
+        worst[0], worst[1], worst[2]
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "wgpu"), ignore = "built without --features wgpu")]
+fn wgpu_distills_like_cpu() {
+    distills_like_cpu("wgpu", &["--backend", "wgpu"]);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "tch"),
+    ignore = "built without --features tch (source scripts/tch_env.sh)"
+)]
+fn libtorch_distills_like_cpu() {
+    distills_like_cpu("tch", &["--backend", "tch", "--device", "cpu"]);
+}

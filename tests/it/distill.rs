@@ -126,7 +126,7 @@ fn validation_rows(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn write_recipe(dir: &Path, teacher: &str) -> PathBuf {
+pub fn write_recipe(dir: &Path, teacher: &str) -> PathBuf {
     let path = dir.join("distill.toml");
     std::fs::write(&path, format!("[data]\ndataset = {:?}\n\n[teacher]\n{teacher}\n\n[distill]\nloss = {{ type = \"forward_kl\" }}\ntemperature = 1.0\nce_weight = 0.0\n", small_dataset().display().to_string())).unwrap();
     path
