@@ -240,7 +240,6 @@ fn distill_steps(
 }
 
 /// The same distillation run on `backend` and on the CPU backend, step by step.
-#[allow(dead_code)]
 fn distills_like_cpu(name: &str, backend: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (teacher, _, _) = crate::distill::teacher();

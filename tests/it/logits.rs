@@ -2,6 +2,7 @@
 //! the export to DistillKit's capture format checked by an independent decoder.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use ember_data::{LogitsCodec, LogitsManifest, read_logits_shard};
@@ -40,6 +41,19 @@ fn record(
 }
 
 /// Shift-free gap error: per position, (got - want) minus its value at the top entry.
+/// `ember logits convert` of the v1 recording `full` into `converted` with `args` gives the
+/// same rows as the recording `recorded`, made directly with those settings; returns the
+/// command's output.
+fn convert_gives_the_recorded_shard(dir: &Path, args: &[&str], recorded: &str) -> String {
+    let mut all = vec!["logits", "convert", "--from", "full", "--out", "converted"];
+    all.extend(args);
+    let out = ember_ok(dir, &all);
+    let (_, a) = read_logits_shard(&dir.join("converted/train-00001.arrow")).unwrap();
+    let (_, b) = read_logits_shard(&dir.join(recorded).join("train-00001.arrow")).unwrap();
+    assert_eq!(a, b, "converted vs recorded {recorded}");
+    out
+}
+
 fn assert_within_grid(full: &[f32], got: &[f32], k: usize, step: f64) {
     for (f, g) in full.chunks_exact(k).zip(got.chunks_exact(k)) {
         let shift = (g[0] - f[0]) as f64;
@@ -100,25 +114,12 @@ fn compact_recordings_decode_within_their_grid_at_a_fraction_of_the_bytes() {
     }
 
     // converting the v1 recording gives the same shards; adaptive k keeps fewer entries
-    let conv = ember_ok(
+    let conv = convert_gives_the_recorded_shard(
         dir.path(),
-        &[
-            "logits",
-            "convert",
-            "--from",
-            "full",
-            "--out",
-            "converted",
-            "--format",
-            "v2",
-            "--logprob-step",
-            "0.03125",
-        ],
+        &["--format", "v2", "--logprob-step", "0.03125"],
+        "compact",
     );
     assert!(conv.contains("format v2"), "{conv}");
-    let (_, a) = read_logits_shard(&dir.path().join("converted/train-00001.arrow")).unwrap();
-    let (_, b) = read_logits_shard(&dir.path().join("compact/train-00001.arrow")).unwrap();
-    assert_eq!(a, b);
     // a threshold that three entries reach at some positions and not at others
     let (_, full_rows) = read_logits_shard(&dir.path().join("full/train-00000.arrow")).unwrap();
     let mut m3: Vec<f64> = full_rows
@@ -258,22 +259,7 @@ fn rans_coded_recordings_decode_to_the_compact_values_in_fewer_bytes() {
     }
     // converting a v1 recording gives the same shards
     record(dir.path(), teacher, &ds, "full", &[]);
-    ember_ok(
-        dir.path(),
-        &[
-            "logits",
-            "convert",
-            "--from",
-            "full",
-            "--out",
-            "converted",
-            "--format",
-            "v3",
-        ],
-    );
-    let (_, a) = read_logits_shard(&dir.path().join("v3/train-00001.arrow")).unwrap();
-    let (_, b) = read_logits_shard(&dir.path().join("converted/train-00001.arrow")).unwrap();
-    assert_eq!(a, b);
+    convert_gives_the_recorded_shard(dir.path(), &["--format", "v3"], "v3");
     // pyarrow reads the shard: the streams per row, the tables in the first row only
     let script = r#"
 import sys, json, pyarrow.ipc as ipc

@@ -127,7 +127,7 @@ impl Linear {
         let LinearWeight::Host { data, dims, .. } = &self.weight else {
             return None;
         };
-        if !self.on_host() {
+        if self.bias.is_some() {
             return None;
         }
         Some(blas()?.matmul(x, data, n, dims[0], dims[1]))
@@ -408,7 +408,9 @@ impl Mlp {
 
     /// `x: [n, hidden]`
     pub fn forward_rows(&self, x: Tensor<2>) -> Tensor<2> {
-        if let Some(rows) = host_rows(&x) {
+        if self.on_host()
+            && let Some(rows) = host_rows(&x)
+        {
             let [n, d] = x.dims();
             if let Some(y) = self.forward_host(&rows, n) {
                 return Tensor::from_data(TensorData::new(y, [n, d]), &x.device());
@@ -416,6 +418,13 @@ impl Mlp {
         }
         self.down
             .forward_rows(silu(self.gate.forward_rows(x.clone())) * self.up.forward_rows(x))
+    }
+
+    /// Whether all three products run on the host ([`Linear::on_host`]).
+    fn on_host(&self) -> bool {
+        [&self.gate, &self.up, &self.down]
+            .iter()
+            .all(|l| l.on_host())
     }
 
     /// The same on host rows `x: [n, hidden]`, when all three weights are on the host
@@ -580,7 +589,7 @@ fn dispatch_on_host(
     per_expert: &[(Vec<i32>, Vec<f32>)],
 ) -> Option<Vec<f32>> {
     let on_host = |e: &Expert| match e {
-        Expert::Loaded(mlp) => [&mlp.gate, &mlp.up, &mlp.down].iter().all(|l| l.on_host()),
+        Expert::Loaded(mlp) => mlp.on_host(),
         // read as float32 host weights when routed (`x` is float32 on the CPU here)
         Expert::Identity | Expert::Streamed { .. } => true,
     };
